@@ -1,0 +1,8 @@
+"""Distributed checkpoints: save, resume exactly, reshard across world size and EP size.
+
+See aria_train.checkpoint.layout (directory format) and aria_train.checkpoint.state (keys)."""
+
+from aria_train.checkpoint.checkpointer import Checkpointer
+from aria_train.checkpoint.layout import FORMAT_NAME, FORMAT_VERSION, resolve_load_dir
+
+__all__ = ["Checkpointer", "FORMAT_NAME", "FORMAT_VERSION", "resolve_load_dir"]

@@ -1,0 +1,308 @@
+"""Saving and resuming a run with torch.distributed.checkpoint (DCP).
+
+    checkpointer = Checkpointer(cfg, groups, logger)        # every rank, after the groups exist
+    state = checkpointer.maybe_resume(model, optimizer, train_batches)   # TrainState or None
+    ... trainer calls checkpointer.save(trainer) when due, checkpointer.finalize(trainer) at the end
+
+Every rank writes its part of one DCP checkpoint (see aria_train.checkpoint.state for the keys,
+aria_train.checkpoint.layout for the directory rules). Keys name parameters and GLOBAL expert
+indices, never ranks, so a checkpoint loads at any world size and expert-parallel size: DCP reads
+for each rank exactly the experts and optimizer ranges it holds in the new layout.
+
+With `checkpoint.async_save` the state is copied to CPU memory in the training thread and written
+by a background thread (DCP over a dedicated gloo group), so training goes on meanwhile; the next
+save or `finalize` waits for it.
+
+Test hook: ARIA_TRAIN_TEST_CKPT_KILL="<iteration>:<write|commit>" makes every rank SIGKILL
+itself during the save of that iteration, after writing its data files ("write": before DCP's
+index exists) or, on rank 0, just before the commit ("commit").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import yaml
+
+from aria_train.checkpoint import layout
+from aria_train.checkpoint import state as ckpt_state
+from aria_train.errors import UserError
+
+KILL_HOOK_ENV = "ARIA_TRAIN_TEST_CKPT_KILL"
+
+
+def _kill_point(iteration: int) -> Optional[str]:
+    spec = os.environ.get(KILL_HOOK_ENV, "")
+    if not spec:
+        return None
+    it, _, point = spec.partition(":")
+    return point or "write" if it.strip() == str(iteration) else None
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Writer(dcp.FileSystemWriter):
+    """FileSystemWriter with the test kill hook after this rank's data files are written."""
+
+    def __init__(self, path, kill: bool = False, **kwargs):
+        super().__init__(path, **kwargs)
+        self._kill = kill
+
+    def write_data(self, plan, planner):
+        future = super().write_data(plan, planner)
+        if self._kill:
+            future.wait()
+            _kill_self()
+        return future
+
+
+class Checkpointer:
+    def __init__(self, cfg, groups, logger=None):
+        self.cfg = cfg
+        self.ckpt = cfg.checkpoint
+        self.groups = groups
+        self.logger = logger
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.ep_size = getattr(groups, "ep_size", 1) if groups is not None else 1
+        # DCP's own collectives go over a gloo group of their own: CPU-side, and safe to run from
+        # the background thread while training uses the default group.
+        self.pg = dist.new_group(backend="gloo") if self.distributed else None
+        self._thread: Optional[threading.Thread] = None
+        self._thread_error: Optional[BaseException] = None
+        self.last_saved_step: Optional[int] = None
+        self.loaded_from: Optional[Path] = None
+        self.loaded_metadata: Optional[dict] = None
+
+    # ---- logging / sync helpers -----------------------------------------------------------
+    def _info(self, message: str) -> None:
+        if self.logger is not None:
+            self.logger.info(message)
+        elif self.rank == 0:
+            print(message, flush=True)
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier(group=self.pg)
+
+    # ---- saving ---------------------------------------------------------------------------
+    def save(self, trainer) -> None:
+        """Writes a checkpoint of the trainer's current state (every rank calls it)."""
+        if not self.ckpt.save:
+            return
+        step = int(trainer.state.step)
+        if step == self.last_saved_step:
+            return
+        self.wait()  # one save in flight at a time
+        root = Path(self.ckpt.save)
+        start = time.perf_counter()
+        if self.rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            partial = layout.partial_dir(root, step)
+            if partial.exists():
+                import shutil
+
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+            with open(partial / layout.CONFIG_FILE, "w") as handle:
+                yaml.safe_dump(self._config_dict(), handle, sort_keys=False)
+        self._barrier()  # the directory exists before anyone writes into it
+
+        entries = self._state_to_save(trainer)
+        metadata = self._metadata(trainer)
+        kill = _kill_point(step)
+        if self.ckpt.async_save:
+            entries = ckpt_state.clone_state(entries)
+            self._thread_error = None
+            self._thread = threading.Thread(
+                target=self._write_guarded, args=(entries, root, step, metadata, kill, start),
+                name=f"checkpoint-save-{step}", daemon=True,
+            )
+            self._thread.start()
+        else:
+            self._write(entries, root, step, metadata, kill, start)
+        self.last_saved_step = step
+
+    def _write_guarded(self, *args) -> None:
+        try:
+            self._write(*args)
+        except BaseException as error:  # re-raised by wait()
+            self._thread_error = error
+
+    def _write(self, entries: dict, root: Path, step: int, metadata: dict, kill: Optional[str], start: float) -> None:
+        partial = layout.partial_dir(root, step)
+        writer = _Writer(str(partial), kill=kill == "write")
+        dcp.save(entries, storage_writer=writer, process_group=self.pg)
+        self._barrier()  # every rank's data is on disk
+        if self.rank == 0:
+            if kill == "commit":
+                _kill_self()
+            final = layout.commit(root, step, metadata, self.ckpt.keep_last)
+            self._info(f"saved checkpoint {final} ({time.perf_counter() - start:.1f} s"
+                       f"{', async' if self.ckpt.async_save else ''})")
+
+    def wait(self) -> None:
+        """Blocks until the background save (if any) is written; re-raises its error."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        if self._thread_error is not None:
+            error, self._thread_error = self._thread_error, None
+            raise RuntimeError(f"asynchronous checkpoint save failed: {error}") from error
+
+    def finalize(self, trainer=None) -> None:
+        """End of training: waits for an in-flight save; every rank leaves together."""
+        self.wait()
+        self._barrier()
+
+    def _state_to_save(self, trainer) -> dict[str, Any]:
+        entries: dict[str, Any] = {}
+        entries.update(ckpt_state.model_state(trainer.model))
+        optim_entries, _ = ckpt_state.optimizer_state(trainer.optimizer)
+        entries.update(optim_entries)
+        entries[ckpt_state.TRAIN_STATE_KEY] = ckpt_state.encode_json(
+            {"step": int(trainer.state.step), "consumed_samples": int(trainer.state.consumed_samples)}
+        )
+        batches = getattr(trainer, "train_batches", None)
+        if batches is not None and hasattr(batches, "state_dict"):
+            entries[ckpt_state.DATA_STATE_KEY] = ckpt_state.encode_pickle(batches.state_dict())
+        entries[ckpt_state.rng_key(self.rank)] = ckpt_state.capture_rng()
+        return entries
+
+    def _config_dict(self) -> dict:
+        from aria_train.config import to_dict
+
+        return to_dict(self.cfg)
+
+    def _metadata(self, trainer) -> dict:
+        model_cfg = self.cfg.model
+        return {
+            "format": layout.FORMAT_NAME,
+            "format_version": layout.FORMAT_VERSION,
+            "iteration": int(trainer.state.step),
+            "consumed_samples": int(trainer.state.consumed_samples),
+            "stage": int(self.cfg.stage),
+            "rope_base": float(model_cfg.rope_base),
+            "model_preset": model_cfg.preset,
+            "num_experts": int(model_cfg.moe.num_experts),
+            "world_size": self.world_size,
+            "ep_size": int(self.ep_size),
+            "optimizer": type(trainer.optimizer).__name__,
+            "torch_version": torch.__version__,
+        }
+
+    # ---- resuming -------------------------------------------------------------------------
+    def maybe_resume(self, model, optimizer, train_batches=None):
+        """Loads `checkpoint.load` (its `latest`, or an explicit iter_ dir) into the model, and,
+        with load_optim, the optimizer, data position and RNG. Returns the TrainState to go on
+        from, or None for a fresh start (no --load, or weights only)."""
+        from aria_train.train.trainer import TrainState
+
+        if not self.ckpt.load:
+            return None
+        path = layout.resolve_load_dir(self.ckpt.load)
+        meta = layout.read_metadata(path)
+        dcp_meta = layout.check_dcp_files(path)
+        saved = dcp_meta.state_dict_metadata
+        load_optim = bool(self.ckpt.load_optim)
+
+        entries: dict[str, Any] = ckpt_state.model_state(model)
+        flat = None
+        if load_optim:
+            optim_entries, flat = ckpt_state.optimizer_state(optimizer)
+            entries.update(optim_entries)
+            entries[ckpt_state.TRAIN_STATE_KEY] = None
+            if ckpt_state.DATA_STATE_KEY in saved and train_batches is not None:
+                entries[ckpt_state.DATA_STATE_KEY] = None
+            if ckpt_state.rng_key(self.rank) in saved:
+                entries[ckpt_state.rng_key(self.rank)] = None
+        self._check_keys(path, entries, saved, load_optim)
+
+        try:
+            dcp.load(entries, checkpoint_id=str(path), process_group=self.pg)
+        except Exception as error:
+            raise UserError(f"checkpoint {path} could not be loaded: {_one_line(error)}") from error
+
+        self.loaded_from, self.loaded_metadata = path, meta
+        saved_layout = f"world {meta.get('world_size')} / ep {meta.get('ep_size')}"
+        here = f"world {self.world_size} / ep {self.ep_size}"
+        reshard = "" if saved_layout == here else f", resharded from {saved_layout} to {here}"
+        if float(meta.get("rope_base", self.cfg.model.rope_base)) != float(self.cfg.model.rope_base):
+            self._info(f"checkpoint weights were trained with RoPE base {meta['rope_base']:g}; "
+                       f"this run uses {self.cfg.model.rope_base:g}")
+
+        if not load_optim:
+            ckpt_state.reset_optimizer_from_model(optimizer, model, self.ep_size)
+            self._info(f"loaded weights from {path} (iteration {meta.get('iteration')}{reshard}); "
+                       f"optimizer, step and data start fresh")
+            return None
+
+        optimizer.load_sharded_state_dict(self._loaded_flat(entries, flat))
+        train = ckpt_state.decode_json(entries[ckpt_state.TRAIN_STATE_KEY])
+        state = TrainState(step=int(train["step"]), consumed_samples=int(train["consumed_samples"]))
+        if ckpt_state.DATA_STATE_KEY in entries:
+            train_batches.load_state_dict(ckpt_state.decode_pickle(entries[ckpt_state.DATA_STATE_KEY]))
+        elif train_batches is not None and hasattr(train_batches, "load_state_dict"):
+            train_batches.load_state_dict({"consumed_samples": state.consumed_samples})
+        rng = ckpt_state.rng_key(self.rank)
+        if rng in entries:
+            ckpt_state.restore_rng(entries[rng])
+        self.last_saved_step = state.step
+        self._info(f"resumed from {path} at step {state.step} ({state.consumed_samples} samples consumed{reshard})")
+        return state
+
+    def _check_keys(self, path: Path, entries: dict, saved: dict, load_optim: bool) -> None:
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        missing = [key for key in entries if key not in saved]
+        if missing:
+            what = "optimizer state (use --no-load-optim to take weights only)" if all(
+                not key.startswith(ckpt_state.MODEL_PREFIX) for key in missing) else "model tensors"
+            raise UserError(f"checkpoint {path} lacks {what}: {', '.join(missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''}")
+        for key, value in entries.items():
+            md = saved[key]
+            if isinstance(md, TensorStorageMetadata) and isinstance(value, torch.Tensor) and md.size != value.size():
+                raise UserError(f"checkpoint {path} does not fit this model: {key} has shape "
+                                f"{list(md.size)} there, {list(value.size())} here")
+
+    @staticmethod
+    def _loaded_flat(entries: dict, template: dict) -> dict:
+        from aria_train.optim.build import FlatShard
+
+        out = {"format": template["format"], "step": int(entries[ckpt_state.OPTIM_STEP_KEY]), "state": {}}
+        for name, per_state in template["state"].items():
+            out["state"][name] = {}
+            for key, value in per_state.items():
+                pieces = ckpt_state._pieces(value)
+                dcp_key = f"{ckpt_state.OPTIM_PREFIX}{name}.{key}"
+                if dcp_key in entries:
+                    locals_ = ckpt_state.local_tensors(entries[dcp_key])
+                    nonempty = [p for p in pieces if p.local.numel() > 0]
+                    loaded = [FlatShard(p.global_shape, p.offset, t) for p, t in zip(nonempty, locals_)]
+                else:
+                    loaded = []
+                if not loaded:  # this rank holds nothing of it
+                    loaded = pieces
+                out["state"][name][key] = loaded[0] if len(loaded) == 1 else loaded
+        return out
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    for line in text:
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "File ", "CheckpointException")):
+            return line[:300]
+    return type(error).__name__

@@ -1,0 +1,27 @@
+"""Named model sizes. A preset fills `model.*`; YAML and `--set` can still override any field."""
+
+from __future__ import annotations
+
+MODEL_PRESETS: dict[str, dict] = {
+    # Small enough to train on two CPU cores in a few minutes; every structural feature is kept
+    # (shared + routed experts, top-k > 1, several balance groups, several layers).
+    "tiny": dict(
+        vocab_size=1024,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        head_dim=16,
+        rope_base=100_000.0,
+        moe=dict(num_experts=16, top_k=4, num_shared_experts=2, expert_ffn_size=32, balance_group_size=4),
+    ),
+    # The paper's text decoder (arXiv 2410.05993): 24.87B parameters, about 3.5B active per token.
+    "aria-25b": dict(
+        vocab_size=100352,
+        hidden_size=2560,
+        num_layers=28,
+        num_heads=20,
+        head_dim=128,
+        rope_base=100_000.0,
+        moe=dict(num_experts=64, top_k=6, num_shared_experts=2, expert_ffn_size=1664, balance_group_size=8),
+    ),
+}

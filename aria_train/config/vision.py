@@ -1,0 +1,125 @@
+"""Configuration of ARIA's vision side: the SigLIP-shaped ViT and the cross-attention projector.
+
+Standalone for now (not yet fields of RunConfig). Defaults are the paper's shapes:
+SigLIP-SO400M (1152 wide, 27 layers, 16 heads, MLP 4304, patch 14, position grid 70x70 for
+980 px) and a projector with 128 learned queries for a 490 px crop (35x35 = 1225 patches) and
+256 for a 980 px crop (70x70 = 4900 patches).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from aria_train.config.schema import ConfigError
+
+
+@dataclass
+class VisionConfig:
+    preset: str = "siglip-so400m"
+    hidden_size: int = 1152
+    num_layers: int = 27
+    num_heads: int = 16
+    intermediate_size: int = 4304
+    patch_size: int = 14
+    image_size: int = 980  # largest crop side; the position grid is (image_size // patch_size)^2
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-6
+    init_std: float = 0.02
+    activation_checkpointing: bool = False
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one flattened patch: channels x patch x patch, in (c, y, x) order."""
+        return self.num_channels * self.patch_size * self.patch_size
+
+    def validate(self) -> "VisionConfig":
+        _positive(self, "vision", "hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
+                  "image_size", "num_channels")
+        if self.hidden_size % self.num_heads != 0:
+            raise ConfigError(f"vision.num_heads={self.num_heads} does not divide vision.hidden_size={self.hidden_size}")
+        if self.image_size % self.patch_size != 0:
+            raise ConfigError(f"vision.patch_size={self.patch_size} does not divide vision.image_size={self.image_size}")
+        if self.layer_norm_eps <= 0:
+            raise ConfigError(f"vision.layer_norm_eps={self.layer_norm_eps} must be positive")
+        return self
+
+
+@dataclass
+class ProjectorConfig:
+    # patches per crop (a square grid of side sqrt(key)) -> learned queries for that crop.
+    patch_to_query: dict = field(default_factory=lambda: {1225: 128, 4900: 256})
+    num_heads: Optional[int] = None  # None = vision.num_heads (as transformers' AriaProjector)
+    layer_norm_eps: float = 1e-5  # nn.LayerNorm's default, which AriaProjector uses
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        # YAML / JSON give string keys.
+        self.patch_to_query = {int(k): int(v) for k, v in self.patch_to_query.items()}
+
+    @property
+    def max_queries(self) -> int:
+        return max(self.patch_to_query.values())
+
+    def sides(self) -> dict[int, int]:
+        """crop side in patches -> queries, e.g. {35: 128, 70: 256}."""
+        return {math.isqrt(k): v for k, v in self.patch_to_query.items()}
+
+    def validate(self, vision: Optional[VisionConfig] = None) -> "ProjectorConfig":
+        if not self.patch_to_query:
+            raise ConfigError("projector.patch_to_query is empty")
+        for patches, queries in self.patch_to_query.items():
+            side = math.isqrt(patches)
+            if patches <= 0 or side * side != patches:
+                raise ConfigError(f"projector.patch_to_query key {patches} is not a positive square number of patches")
+            if queries <= 0:
+                raise ConfigError(f"projector.patch_to_query[{patches}]={queries} must be positive")
+            if vision is not None and side > vision.num_patches_per_side:
+                raise ConfigError(
+                    f"projector.patch_to_query key {patches} ({side}x{side} patches) exceeds the vision position "
+                    f"grid {vision.num_patches_per_side}x{vision.num_patches_per_side}"
+                )
+        heads = self.num_heads if self.num_heads is not None else (vision.num_heads if vision is not None else None)
+        if heads is not None:
+            if heads <= 0:
+                raise ConfigError(f"projector.num_heads={heads} must be positive")
+            if vision is not None and vision.hidden_size % heads != 0:
+                raise ConfigError(f"projector.num_heads={heads} does not divide vision.hidden_size={vision.hidden_size}")
+        if self.layer_norm_eps <= 0:
+            raise ConfigError(f"projector.layer_norm_eps={self.layer_norm_eps} must be positive")
+        return self
+
+
+VISION_PRESETS: dict[str, dict] = {
+    # CPU tests: 70 px crops (5x5 patches) inside a 10x10 position grid (140 px), so positions
+    # are bucketed as they are for 490 px crops in the real 70x70 grid.
+    "tiny": dict(
+        vision=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=14, image_size=140),
+        projector=dict(patch_to_query={25: 4, 100: 8}),
+    ),
+    # The paper's shapes.
+    "siglip-so400m": dict(
+        vision=dict(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, patch_size=14, image_size=980),
+        projector=dict(patch_to_query={1225: 128, 4900: 256}),
+    ),
+}
+
+
+def vision_preset(name: str) -> tuple[VisionConfig, ProjectorConfig]:
+    if name not in VISION_PRESETS:
+        raise ConfigError(f"vision preset {name!r} is not one of {', '.join(VISION_PRESETS)}")
+    p = VISION_PRESETS[name]
+    vision = VisionConfig(preset=name, **p["vision"]).validate()
+    return vision, ProjectorConfig(**p["projector"]).validate(vision)
+
+
+def _positive(section, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value <= 0:
+            raise ConfigError(f"{prefix}.{name}={value} must be positive")

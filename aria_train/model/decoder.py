@@ -1,0 +1,135 @@
+"""The ARIA text decoder: embeddings -> N pre-norm blocks (attention + fine-grained MoE) ->
+RMSNorm -> untied LM head.
+
+Numerically the same as transformers' AriaTextForCausalLM (see aria_train.convert.hf_text for
+the weight mapping and tests/model/test_hf_parity.py for the check). The model returns the final
+hidden states, not logits: the loss projects them onto the vocabulary in chunks
+(aria_train.train.loss), so [tokens x vocab] logits never exist at once.
+"""
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from aria_train.config.schema import ModelConfig
+from aria_train.model.attention import Attention
+from aria_train.model.norm import RMSNorm
+from aria_train.model.rope import RotaryEmbedding
+from aria_train.moe.experts import GroupedExperts
+from aria_train.moe.layer import MoELayer
+
+
+@dataclass
+class DecoderOutput:
+    hidden: torch.Tensor  # [B, S, H] after the final norm
+    balance_loss: torch.Tensor  # scalar, summed over layers, coefficient applied
+    z_loss: torch.Tensor  # scalar, summed over layers, coefficient applied
+    router_stats: list = field(default_factory=list)  # per layer, aria_train.moe.layer.RouterStats
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attention = Attention(cfg.hidden_size, cfg.num_heads, cfg.head_dim)
+        self.moe_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.moe = MoELayer(cfg.hidden_size, cfg.moe)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x: [B, S, H] -> (x, balance_loss, z_loss, router_stats)"""
+        x = x + self.attention(self.attention_norm(x), cos, sin)
+        moe_out = self.moe(self.moe_norm(x).flatten(0, 1))
+        x = x + moe_out.hidden.view_as(x)
+        return x, moe_out.balance_loss, moe_out.z_loss, moe_out.stats
+
+
+class AriaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base)
+        self.activation_checkpointing = cfg.activation_checkpointing
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """Normal(0, init_std) everywhere; output projections scaled by 1/sqrt(2 * layers) as in
+        Megatron, so the residual stream does not grow with depth.
+
+        Each tensor, and each routed expert, draws from its own generator seeded by (seed, name,
+        global expert index). The values therefore do not depend on how experts are sharded:
+        a model built at ep-size 4 holds exactly the slices of the single-rank model, and a rank
+        can initialise only its own experts after building on the meta device.
+        """
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.num_layers)
+        first_expert = {
+            f"{module_name}.{param_name}": module.first_expert
+            for module_name, module in self.named_modules()
+            if isinstance(module, GroupedExperts)
+            for param_name in ("w_gate_up", "w_down")
+        }
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+                continue
+            scale = out_std if name.endswith(("o_proj.weight", "down_proj.weight", "w_down")) else std
+            if name in first_expert:
+                for i in range(param.shape[0]):
+                    _seeded_normal_(param[i], scale, seed, f"{name}[{first_expert[name] + i}]")
+            else:
+                _seeded_normal_(param, scale, seed, name)
+        self.rope.reset_parameters()
+
+    def forward(
+        self,
+        tokens: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+    ) -> DecoderOutput:
+        """tokens: [B, S] (or inputs_embeds [B, S, H]); position_ids: [B, S] -> DecoderOutput"""
+        x = self.embed_tokens(tokens) if inputs_embeds is None else inputs_embeds
+        batch, seq, _ = x.shape
+        if position_ids is None:
+            position_ids = torch.arange(seq, device=x.device).unsqueeze(0).expand(batch, seq)
+        cos, sin = self.rope(position_ids, x.dtype)
+        balance = z = x.new_zeros((), dtype=torch.float32)
+        router_stats = []
+        for block in self.layers:
+            if self.activation_checkpointing and self.training:
+                x, layer_balance, layer_z, stats = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x, layer_balance, layer_z, stats = block(x, cos, sin)
+            balance, z = balance + layer_balance, z + layer_z
+            router_stats.append(stats)
+        return DecoderOutput(self.norm(x), balance, z, router_stats)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [..., H] -> [..., vocab]. Only for small inputs: training uses the chunked loss."""
+        return self.lm_head(hidden)
+
+    def expert_modules(self) -> list[GroupedExperts]:
+        return [block.moe.experts for block in self.layers]
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> AriaForCausalLM:
+    """Builds and initialises the model. On device="meta" nothing is allocated (for accounting)."""
+    with torch.device(device):
+        model = AriaForCausalLM(cfg)
+    if str(device) != "meta":
+        model.init_weights(seed)
+    return model
+
+
+def _seeded_normal_(tensor: torch.Tensor, std: float, seed: int, name: str) -> None:
+    generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    values = torch.empty(tensor.shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
+    tensor.copy_(values)

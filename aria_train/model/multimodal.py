@@ -1,0 +1,105 @@
+"""The multimodal ARIA model: ViT -> projector -> image features written into the text
+embeddings at the `<|img|>` positions -> MoE decoder.
+
+Numerically transformers' AriaForConditionalGeneration (tests/vision/test_hf_parity.py);
+parameter names follow it (vision_tower.*, multi_modal_projector.*, language_model.* with our
+decoder's names inside; see aria_train.convert.hf_multimodal).
+
+Images come as one packed patch tensor for the whole micro-batch (see
+aria_train.model.vision.pack_images): image i's features fill the next Q_i `<|img|>` positions
+in row-major (batch, sequence) order, so crops must appear in the text in the order they are
+packed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from aria_train.config.schema import ModelConfig
+from aria_train.config.vision import ProjectorConfig, VisionConfig
+from aria_train.model.decoder import AriaForCausalLM, DecoderOutput
+from aria_train.model.projector import Projector
+from aria_train.model.vision import Grid, VisionTransformer
+
+
+class AriaForConditionalGeneration(nn.Module):
+    def __init__(self, cfg: ModelConfig, vision: VisionConfig, projector: ProjectorConfig, image_token_id: int):
+        super().__init__()
+        projector.validate(vision)
+        if not 0 <= image_token_id < cfg.vocab_size:
+            raise ValueError(f"image_token_id={image_token_id} is outside the vocabulary ({cfg.vocab_size})")
+        self.cfg = cfg
+        self.vision_cfg = vision
+        self.projector_cfg = projector
+        self.image_token_id = image_token_id
+        self.vision_tower = VisionTransformer(vision)
+        self.multi_modal_projector = Projector(vision.hidden_size, cfg.hidden_size, vision.num_heads, projector)
+        self.language_model = AriaForCausalLM(cfg)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        self.language_model.init_weights(seed)
+        self.vision_tower.init_weights(seed)
+        self.multi_modal_projector.init_weights(seed)
+
+    def image_features(self, patches: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """patches [T, C*p*p] packed, grid [(h_i, w_i)] -> [sum_i Q_i, hidden] (decoder width)."""
+        return self.multi_modal_projector(self.vision_tower(patches, grid), grid)
+
+    def embed(
+        self, tokens: torch.Tensor, patches: Optional[torch.Tensor] = None, grid: Optional[Grid] = None
+    ) -> torch.Tensor:
+        """tokens [B, S] -> embeddings [B, S, H] with image features at the image-token positions."""
+        embeds = self.language_model.embed_tokens(tokens)
+        image_mask = tokens == self.image_token_id
+        if patches is None:
+            if bool(image_mask.any()):
+                raise ValueError(f"{int(image_mask.sum())} image tokens but no images were given")
+            return embeds
+        features = self.image_features(patches, grid)
+        n_tokens = int(image_mask.sum())
+        if n_tokens != features.shape[0]:
+            raise ValueError(f"{n_tokens} image tokens in the text but the images give {features.shape[0]} features")
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        position_ids: Optional[torch.Tensor] = None,
+        patches: Optional[torch.Tensor] = None,
+        grid: Optional[Grid] = None,
+    ) -> DecoderOutput:
+        """tokens [B, S]; position_ids [B, S]; patches [T, C*p*p] and grid [(h_i, w_i)] for the
+        images of the whole micro-batch (or None) -> DecoderOutput (hidden [B, S, H] after the
+        final norm, balance and z losses)."""
+        embeds = self.embed(tokens, patches, grid)
+        return self.language_model(position_ids=position_ids, inputs_embeds=embeds)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] -> [..., vocab]. Only for small inputs: training uses the chunked loss."""
+        return self.language_model.logits(hidden)
+
+    def expert_modules(self):
+        return self.language_model.expert_modules()
+
+
+def build_multimodal_model(
+    cfg: ModelConfig,
+    vision: VisionConfig,
+    projector: ProjectorConfig,
+    image_token_id: int,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> AriaForConditionalGeneration:
+    """Builds and initialises the model. On device="meta" nothing is allocated."""
+    with torch.device(device):
+        model = AriaForConditionalGeneration(cfg, vision, projector, image_token_id)
+    if str(device) != "meta":
+        model.init_weights(seed)
+    return model
+
+
+__all__ = ["AriaForConditionalGeneration", "build_multimodal_model"]

@@ -1,0 +1,72 @@
+"""One ARIA MoE feed-forward block: router -> dispatcher -> grouped experts -> combine, plus the
+shared experts that every token passes through.
+
+The layer is written for one rank holding every expert. Expert parallelism is applied from the
+outside (aria_train.parallel.expert_parallel): it slices `experts` to the rank's share and swaps
+`dispatcher` for the all-to-all one; nothing here changes.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from aria_train.config.schema import MoEConfig
+from aria_train.model.mlp import SwiGLU
+from aria_train.moe.balance import group_load_balancing_loss, z_loss
+from aria_train.moe.capacity import capacity_keep_mask
+from aria_train.moe.dispatcher import LocalDispatcher
+from aria_train.moe.experts import GroupedExperts
+from aria_train.moe.router import TopKRouter
+
+
+@dataclass
+class RouterStats:
+    """What the router did in one layer, for monitoring (all detached, this rank's tokens)."""
+
+    tokens_per_expert: torch.Tensor  # [E] routed assignments before any drop
+    dropped: torch.Tensor  # scalar, assignments dropped by the capacity limit
+    logsumexp_mean: torch.Tensor  # scalar, mean router logsumexp ("router z")
+    entropy_mean: torch.Tensor  # scalar, mean entropy of the full router softmax
+    top_experts: torch.Tensor  # [T, k] chosen experts, for per-modality activation rates
+
+
+@dataclass
+class MoEOutput:
+    hidden: torch.Tensor  # [T, H]
+    balance_loss: torch.Tensor  # scalar, coefficient applied
+    z_loss: torch.Tensor  # scalar, coefficient applied
+    stats: RouterStats
+
+
+class MoELayer(nn.Module):
+    def __init__(self, hidden_size: int, cfg: MoEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.router = TopKRouter(hidden_size, cfg.num_experts, cfg.top_k)
+        self.experts = GroupedExperts(cfg.num_experts, hidden_size, cfg.expert_ffn_size)
+        self.shared = SwiGLU(hidden_size, cfg.num_shared_experts * cfg.expert_ffn_size)
+        self.dispatcher = LocalDispatcher(cfg.num_experts)
+
+    def forward(self, x: torch.Tensor) -> MoEOutput:
+        """x: [T, H] -> MoEOutput"""
+        cfg = self.cfg
+        routing = self.router(x)
+        tokens_per_expert = torch.bincount(routing.top_experts.reshape(-1), minlength=cfg.num_experts)
+        keep = None
+        if cfg.capacity_factor is not None:
+            keep = capacity_keep_mask(routing.top_experts, cfg.num_experts, cfg.capacity_factor)
+        expert_input, counts, handle = self.dispatcher.dispatch(x, routing.top_experts, keep)
+        expert_output = self.experts(expert_input, counts)
+        routed = self.dispatcher.combine(expert_output, routing.top_weights, handle)
+        balance = group_load_balancing_loss(
+            routing.probs, tokens_per_expert, cfg.top_k, cfg.balance_group_size, cfg.aux_loss_coeff
+        )
+        with torch.no_grad():
+            dropped = (~keep).sum() if keep is not None else torch.zeros((), dtype=torch.long, device=x.device)
+            entropy = -(routing.probs * torch.log(routing.probs.clamp_min(1e-20))).sum(-1).mean()
+            stats = RouterStats(
+                tokens_per_expert, dropped, torch.logsumexp(routing.logits, -1).mean(), entropy,
+                routing.top_experts,
+            )
+        return MoEOutput(routed + self.shared(x), balance, z_loss(routing.logits, cfg.z_loss_coeff), stats)

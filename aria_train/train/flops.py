@@ -1,0 +1,34 @@
+"""Model FLOPs of the MoE decoder, counting only what a token actually runs.
+
+Per token and layer, forward: attention projections 2 * 4 * H * heads * head_dim; attention
+scores and values 2 * 2 * S * heads * head_dim (causal, so half of the S x S square:
+2 * S * d for QK^T and 2 * S * d for AV, halved); router 2 * H * E; top-k routed experts and
+the shared MLP 2 * 3 * H * I each. Plus the LM head 2 * H * V. Backward is twice forward.
+"""
+
+from aria_train.config.schema import ModelConfig
+
+# Dense bf16 peak of the accelerators MFU is reported against (no sparsity).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
+    moe = cfg.moe
+    inner = cfg.num_heads * cfg.head_dim
+    attention_proj = 2 * 4 * cfg.hidden_size * inner
+    attention_core = 2 * 2 * seq_length * inner / 2  # causal: half the scores are computed
+    router = 2 * cfg.hidden_size * moe.num_experts
+    experts = 2 * 3 * cfg.hidden_size * moe.expert_ffn_size * (moe.top_k + moe.num_shared_experts)
+    per_layer = attention_proj + attention_core + router + experts
+    return cfg.num_layers * per_layer + 2 * cfg.hidden_size * cfg.vocab_size
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
+    return 3 * forward_flops_per_token(cfg, seq_length)
+
+
+def peak_flops(device_name: str) -> float | None:
+    for key, value in PEAK_FLOPS.items():
+        if key in device_name:
+            return value
+    return None

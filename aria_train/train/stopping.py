@@ -1,0 +1,49 @@
+"""When a run should stop early and cleanly: a preemption signal or a wall-time budget.
+
+A signal handler only sets a flag; at the end of every step the ranks agree (all-reduce MAX),
+so they all save the same step and exit together even when the signal reached only some of
+them (SLURM signals every task, a user's `kill` may reach one).
+"""
+
+import signal
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from aria_train.config.schema import TrainConfig
+
+REASONS = {1: "signal", 2: "exit-duration"}
+
+
+class StopController:
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.device = device
+        self.start = time.monotonic()
+        self.duration_s = cfg.exit_duration_mins * 60 if cfg.exit_duration_mins else None
+        self.received: Optional[str] = None
+        self._previous = {}
+        for name in cfg.exit_signals:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def agreed_reason(self) -> Optional[str]:
+        """Collective: every rank must call it at the same step."""
+        code = 0
+        if self.received is not None:
+            code = 1
+        elif self.duration_s is not None and time.monotonic() - self.start >= self.duration_s:
+            code = 2
+        flag = torch.tensor([code], dtype=torch.int32,
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return REASONS.get(int(flag.item()))
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,99 @@
+"""Pretrain an ARIA-class MoE model for one curriculum stage.
+
+    torchrun --nproc_per_node=2 launch/pretrain.py --stage 1
+    python launch/pretrain.py --stage 1 --model aria-25b --dry-run
+
+The story of a run: config -> process groups -> data -> model (with expert parallelism applied
+from outside) -> optimizer -> resume -> train -> checkpoint.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aria_train.config import ConfigError, build_config, to_dict  # noqa: E402
+from aria_train.config.cli import overrides_from_args, parse_args  # noqa: E402
+from aria_train.data.errors import DataError  # noqa: E402
+from aria_train.errors import UserError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        if args.dry_run:
+            return dry_run(args)
+        cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args), world_size=world)
+        return train(cfg)
+    except (ConfigError, DataError, UserError) as error:
+        if rank == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+
+
+def dry_run(args) -> int:
+    from aria_train.accounting import count_parameters, format_report, memory_per_rank
+    from aria_train.model.decoder import build_model
+
+    world = args.world_size or 8
+    # Batch sizes do not enter the accounting, so only the expert layout is checked against world.
+    cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args))
+    if world % cfg.parallel.ep_size != 0:
+        raise ConfigError(f"parallel.ep_size={cfg.parallel.ep_size} does not divide --world-size {world}")
+    model = build_model(cfg.model, device="meta")
+    counts = count_parameters(model, cfg.model)
+    memory = memory_per_rank(counts, world, cfg.parallel.ep_size, zero1=cfg.optimizer.zero1)
+    print(format_report(counts, memory, world, cfg.parallel.ep_size, cfg.model.preset))
+    return 0
+
+
+def train(cfg) -> int:
+    import torch
+
+    from aria_train.checkpoint import Checkpointer
+    from aria_train.data.stage_data import build_stage_data
+    from aria_train.model.decoder import build_model
+    from aria_train.optim.build import build_optimizer
+    from aria_train.parallel import distributed as dist_utils
+    from aria_train.parallel.expert_parallel import apply_expert_parallel
+    from aria_train.parallel.groups import init_parallel_groups
+    from aria_train.train.metrics import MetricsLogger
+    from aria_train.train.trainer import Trainer
+
+    device = dist_utils.init_distributed(cfg.parallel.backend, cfg.parallel.timeout_minutes)
+    try:
+        torch.manual_seed(cfg.train.seed)
+        groups = init_parallel_groups(cfg.parallel.ep_size)
+        logger = MetricsLogger(cfg.logging, dist_utils.rank(), run_config=to_dict(cfg))
+        logger.info(f"stage {cfg.stage} | preset {cfg.model.preset} | world {groups.world_size} | "
+                    f"ep-size {groups.ep_size} | device {device.type}")
+
+        data = build_stage_data(cfg, groups, logger)
+
+        model = build_model(cfg.model, device="meta")
+        apply_expert_parallel(model, groups)
+        model.to_empty(device=device)
+        model.init_weights(cfg.train.seed)
+        optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb)
+        logger.info(f"optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
+
+        checkpointer = Checkpointer(cfg, groups, logger)
+        state = checkpointer.maybe_resume(model, optimizer, data.train)
+
+        trainer = Trainer(cfg, model, optimizer, data.train, logger, device,
+                          valid_batches_factory=data.valid_factory, checkpointer=checkpointer, state=state)
+        history = trainer.fit()
+        if history:
+            logger.info(f"done: step {trainer.state.step}, first loss {history[0]['loss']:.4f}, "
+                        f"last loss {history[-1]['loss']:.4f}")
+        logger.close()
+        return 0
+    finally:
+        dist_utils.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

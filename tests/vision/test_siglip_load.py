@@ -1,0 +1,60 @@
+"""load_siglip_vision: our ViT initialised from a SigLIP (or Idefics3) vision checkpoint in
+safetensors gives the checkpoint model's hidden states."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import save_file  # noqa: E402
+from transformers import SiglipVisionConfig, SiglipVisionModel  # noqa: E402
+
+from aria_train.config.vision import VisionConfig  # noqa: E402
+from aria_train.convert.hf_multimodal import load_siglip_vision  # noqa: E402
+from aria_train.model.vision import pack_images  # noqa: E402
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def siglip():
+    cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=70, patch_size=14, hidden_act="gelu_pytorch_tanh")
+    torch.manual_seed(0)
+    model = SiglipVisionModel(cfg).float().eval()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def test_load_siglip_directory(siglip, tmp_path):
+    siglip.save_pretrained(tmp_path)  # config.json + model.safetensors (tower and pooling head.*)
+    ours = load_siglip_vision(tmp_path).eval()
+    assert ours.cfg.hidden_size == 32 and ours.cfg.num_patches_per_side == 5
+    image = torch.randn(3, 70, 70, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = siglip(pixel_values=image[None], output_hidden_states=True)
+        patches, grid = pack_images([image], 14)
+        out = ours(patches, grid)
+    # a full 5x5 image takes the plain positions 0..24, as SigLIP does
+    assert (out - ref.hidden_states[-1][0]).abs().max().item() < TOL
+    assert (ours.post_layernorm(out) - ref.last_hidden_state[0]).abs().max().item() < TOL
+
+
+def test_load_bare_file_with_config_and_interpolation(siglip, tmp_path):
+    sd = {k.removeprefix("vision_model."): v for k, v in siglip.state_dict().items()}
+    sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    # a SiglipModel-style file: vision tower under vision_model.*, text tower and logit scale beside it
+    on_disk = {"vision_model." + k: v for k, v in sd.items()}
+    on_disk.update({"text_model.embeddings.token_embedding.weight": torch.zeros(4, 8), "logit_scale": torch.ones(1)})
+    save_file(on_disk, str(tmp_path / "vit.safetensors"))
+    cfg = VisionConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=14, image_size=70)
+    ours = load_siglip_vision(tmp_path / "vit.safetensors", cfg)
+    for k, v in sd.items():
+        assert torch.equal(ours.state_dict()[k], v)
+    bigger = VisionConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=14, image_size=140)
+    with pytest.raises(ValueError, match="interpolate_positions"):
+        load_siglip_vision(tmp_path / "vit.safetensors", bigger)
+    resized = load_siglip_vision(tmp_path / "vit.safetensors", bigger, interpolate_positions=True)
+    assert resized.embeddings.position_embedding.weight.shape == (100, 32)

@@ -18,6 +18,7 @@ setup(
         "transformers>=5.0",
         "safetensors",
         "pillow",
+        "matplotlib",  # tools/expert_heatmap.py
     ],
     extras_require={
         "dev": ["pytest"],

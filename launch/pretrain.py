@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
 
 def dry_run(args) -> int:
-    from aria_train.accounting import count_parameters, format_report, memory_per_rank
+    from aria_train.accounting import count_parameters, dry_run_memory_report, format_report, memory_per_rank
     from aria_train.model.decoder import build_model
 
     world = args.world_size or 8
@@ -47,6 +47,7 @@ def dry_run(args) -> int:
     counts = count_parameters(model, cfg.model)
     memory = memory_per_rank(counts, world, cfg.parallel.ep_size, zero1=cfg.optimizer.zero1)
     print(format_report(counts, memory, world, cfg.parallel.ep_size, cfg.model.preset))
+    print(dry_run_memory_report(cfg, counts, world))
     return 0
 
 
@@ -55,7 +56,7 @@ def train(cfg) -> int:
 
     from aria_train.checkpoint import Checkpointer
     from aria_train.data.stage_data import build_stage_data
-    from aria_train.model.decoder import build_model
+    from aria_train.model.build import build_stage_model
     from aria_train.optim.build import build_optimizer
     from aria_train.parallel import distributed as dist_utils
     from aria_train.parallel.expert_parallel import apply_expert_parallel
@@ -73,7 +74,7 @@ def train(cfg) -> int:
 
         data = build_stage_data(cfg, groups, logger)
 
-        model = build_model(cfg.model, device="meta")
+        model = build_stage_model(cfg, data.tokenizer)
         apply_expert_parallel(model, groups)
         model.to_empty(device=device)
         model.init_weights(cfg.train.seed)

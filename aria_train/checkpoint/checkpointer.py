@@ -143,7 +143,8 @@ class Checkpointer:
     def _write(self, entries: dict, root: Path, step: int, metadata: dict, kill: Optional[str], start: float) -> None:
         partial = layout.partial_dir(root, step)
         writer = _Writer(str(partial), kill=kill == "write")
-        dcp.save(entries, storage_writer=writer, process_group=self.pg)
+        with ckpt_state.quiet_sharded_tensor():
+            dcp.save(entries, storage_writer=writer, process_group=self.pg, no_dist=not self.distributed)
         self._barrier()  # every rank's data is on disk
         if self.rank == 0:
             if kill == "commit":
@@ -227,10 +228,18 @@ class Checkpointer:
                 entries[ckpt_state.DATA_STATE_KEY] = None
             if ckpt_state.rng_key(self.rank) in saved:
                 entries[ckpt_state.rng_key(self.rank)] = None
+        renamed = ckpt_state.map_decoder_keys(entries, saved)
+        if renamed:
+            self._info(f"{len(renamed)} decoder tensors of {path} load under the other model's names "
+                       f"(text-only <-> multimodal: 'language_model.' prefix)")
+        if not load_optim:
+            self._skip_new_modules(path, entries, saved)
         self._check_keys(path, entries, saved, load_optim)
 
         try:
-            dcp.load(entries, checkpoint_id=str(path), process_group=self.pg)
+            with ckpt_state.quiet_sharded_tensor():
+                dcp.load(entries, checkpoint_id=str(path), process_group=self.pg,
+                          no_dist=not self.distributed)
         except Exception as error:
             raise UserError(f"checkpoint {path} could not be loaded: {_one_line(error)}") from error
 
@@ -248,6 +257,9 @@ class Checkpointer:
                        f"optimizer, step and data start fresh")
             return None
 
+        if entries[ckpt_state.OPTIM_FORMAT_KEY] != flat["format"]:
+            raise UserError(f"checkpoint {path} holds optimizer state in format "
+                            f"{entries[ckpt_state.OPTIM_FORMAT_KEY]!r}; this optimizer reads {flat['format']!r}")
         optimizer.load_sharded_state_dict(self._loaded_flat(entries, flat))
         train = ckpt_state.decode_json(entries[ckpt_state.TRAIN_STATE_KEY])
         state = TrainState(step=int(train["step"]), consumed_samples=int(train["consumed_samples"]))
@@ -262,6 +274,28 @@ class Checkpointer:
         self._info(f"resumed from {path} at step {state.step} ({state.consumed_samples} samples consumed{reshard})")
         return state
 
+    def _skip_new_modules(self, path: Path, entries: dict, saved: dict) -> None:
+        """Weights-only loads start a new stage, whose model may have modules the checkpoint
+        lacks (stage 2 adds the ViT and projector to stage 1's decoder): those keep their
+        initial values. Only whole top-level modules are skipped; anything else missing (e.g. more
+        experts than the checkpoint has) is an error in _check_keys."""
+        prefix = ckpt_state.MODEL_PREFIX
+
+        def module_of(key: str) -> str:
+            return key[len(prefix):].split(".")[0]
+
+        saved_modules = {module_of(key) for key in saved if key.startswith(prefix)}
+        if not saved_modules:
+            return
+        missing = [key for key in entries if key.startswith(prefix) and module_of(key) not in saved_modules]
+        if not missing:
+            return
+        for key in missing:
+            del entries[key]
+        modules = sorted({module_of(key) for key in missing})
+        self._info(f"{len(missing)} model tensors are not in {path} and keep their initial values "
+                   f"(modules {', '.join(modules)})")
+
     def _check_keys(self, path: Path, entries: dict, saved: dict, load_optim: bool) -> None:
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -273,9 +307,10 @@ class Checkpointer:
                             f"{' ...' if len(missing) > 3 else ''}")
         for key, value in entries.items():
             md = saved[key]
-            if isinstance(md, TensorStorageMetadata) and isinstance(value, torch.Tensor) and md.size != value.size():
+            size = ckpt_state.global_size(value)
+            if isinstance(md, TensorStorageMetadata) and size is not None and md.size != size:
                 raise UserError(f"checkpoint {path} does not fit this model: {key} has shape "
-                                f"{list(md.size)} there, {list(value.size())} here")
+                                f"{list(md.size)} there, {list(size)} here")
 
     @staticmethod
     def _loaded_flat(entries: dict, template: dict) -> dict:

@@ -26,10 +26,12 @@ that the real pieces of all ranks tile every tensor exactly).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
 import random
+import warnings
 from typing import Any, Iterable, Optional
 
 import numpy as np
@@ -73,6 +75,28 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
         else:
             state[MODEL_PREFIX + name] = tensor
     return state
+
+
+DECODER_PREFIX = "language_model."  # where the multimodal model keeps the text decoder
+
+
+def map_decoder_keys(entries: dict, saved_keys) -> dict[str, str]:
+    """A text-only checkpoint (stage 1: model.layers...) loads into the multimodal model
+    (model.language_model.layers...) and the other way round: entries the checkpoint lacks under
+    their own name are renamed (in place) to the decoder's name in the other convention when the
+    checkpoint has that. Returns {saved key: model key} of the renamed ones."""
+    saved_keys = set(saved_keys)
+    mm = MODEL_PREFIX + DECODER_PREFIX
+    renamed = {}
+    for key in [k for k in entries if k.startswith(MODEL_PREFIX) and k not in saved_keys]:
+        if key.startswith(mm):
+            other = MODEL_PREFIX + key[len(mm):]
+        else:
+            other = mm + key[len(MODEL_PREFIX):]
+        if other in saved_keys and other not in entries:
+            entries[other] = entries.pop(key)
+            renamed[other] = key
+    return renamed
 
 
 # ---- optimizer ------------------------------------------------------------------------------
@@ -133,6 +157,26 @@ def _flat_sharded_tensor(numel: int, local: list[tuple[int, torch.Tensor]]):
     properties = TensorProperties(dtype=local[0][1].dtype)
     metadata = ShardedTensorMetadata(shards_md, torch.Size([numel]), properties)
     return ShardedTensor._init_from_local_shards_and_global_metadata(shards, metadata)
+
+
+def global_size(value) -> Optional[torch.Size]:
+    """The full size of a plain tensor or a sharded one (without ShardedTensor's deprecated
+    torch-function path); None for non-tensors."""
+    if hasattr(value, "local_shards"):
+        return torch.Size(value.metadata().size)
+    if isinstance(value, torch.Tensor):
+        return value.size()
+    return None
+
+
+@contextlib.contextmanager
+def quiet_sharded_tensor():
+    """DCP still handles ShardedTensor (this module's flat optimizer pieces) through torch
+    functions that warn about its deprecation on every call; keep the log readable."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecating ShardedTensor.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled.*", category=UserWarning)
+        yield
 
 
 def local_tensors(value) -> list[torch.Tensor]:
@@ -215,7 +259,7 @@ def clone_state(state: dict[str, Any]) -> dict[str, Any]:
     staged: dict[str, Any] = {}
     for key, value in state.items():
         if hasattr(value, "local_shards"):
-            numel = value.size()[0]
+            numel = int(value.metadata().size[0])
             local = [(int(s.metadata.shard_offsets[0]), s.tensor.detach().to("cpu", copy=True))
                      for s in value.local_shards()]
             staged[key] = _flat_sharded_tensor(numel, local)

@@ -14,8 +14,10 @@ from typing import Any, Optional
 
 import yaml
 
-from aria_train.config.presets import MODEL_PRESETS
-from aria_train.config.schema import ConfigError, RunConfig
+from aria_train.config.errors import ConfigError
+from aria_train.config.presets import DEFAULT_VISION_PRESET, MODEL_PRESETS
+from aria_train.config.schema import RunConfig
+from aria_train.config.vision import VISION_PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE_DIRS = {1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_post"}
@@ -59,9 +61,18 @@ def build_config(
     preset = preset or overrides.pop("model.preset", None) or raw.get("model", {}).get("preset", "tiny")
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"model.preset={preset!r} is not one of {', '.join(MODEL_PRESETS)}")
-    merged: dict = {"model": _deep_copy(MODEL_PRESETS[preset])}
+    vision_name = overrides.pop("vision.preset", None) or raw.get("vision", {}).get("preset")
+    vision_name = vision_name or DEFAULT_VISION_PRESET[preset]
+    if vision_name not in VISION_PRESETS:
+        raise ConfigError(f"vision.preset={vision_name!r} is not one of {', '.join(VISION_PRESETS)}")
+    merged: dict = {
+        "model": _deep_copy(MODEL_PRESETS[preset]),
+        "vision": _deep_copy(VISION_PRESETS[vision_name]["vision"]),
+        "projector": _deep_copy(VISION_PRESETS[vision_name]["projector"]),
+    }
     _deep_merge(merged, raw)
     merged["model"]["preset"] = preset
+    merged["vision"]["preset"] = vision_name
     for key, value in overrides.items():
         _set_dotted(merged, key, value)
     config = from_dict(RunConfig, merged, prefix="")
@@ -127,6 +138,10 @@ def _coerce(hint, value, key: str):
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"config key {key} expects a string, got {value!r}")
+    if hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"config key {key} expects a mapping, got {value!r}")
     if hint is list or origin is list:
         if isinstance(value, str):
             return value.split()

@@ -25,3 +25,6 @@ MODEL_PRESETS: dict[str, dict] = {
         moe=dict(num_experts=64, top_k=6, num_shared_experts=2, expert_ffn_size=1664, balance_group_size=8),
     ),
 }
+
+# The vision side each model preset trains with by default (aria_train.config.vision presets).
+DEFAULT_VISION_PRESET = {"tiny": "tiny", "aria-25b": "siglip-so400m"}

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one line naming the key."""
+from aria_train.config.errors import ConfigError
+from aria_train.config.vision import ProjectorConfig, VisionConfig
 
 
 @dataclass
@@ -28,6 +28,9 @@ class MoEConfig:
     capacity_factor: Optional[float] = None  # None = dropless
 
 
+ACTIVATION_CHECKPOINTING_MODES = ("none", "full", "selective")
+
+
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
@@ -39,7 +42,9 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     rope_base: float = 100_000.0
     init_std: float = 0.02
-    activation_checkpointing: bool = False
+    # none | full (recompute each decoder block) | selective (recompute the attention-input norm
+    # and the MoE sub-block, keep the attention activations); see aria_train.model.decoder
+    activation_checkpointing: str = "none"
     moe: MoEConfig = field(default_factory=MoEConfig)
 
 
@@ -52,7 +57,13 @@ class DataConfig:
     tokenizer_model: str = ""  # empty = the demo sentencepiece model shipped in the repo
     seq_length: int = 128
     cache_dir: str = "data_cache"
-    num_workers: int = 0
+    # Stages 2-4: multimodal shards, "weight dir weight dir ..." (empty = the synthetic demo
+    # shards, generated offline under cache_dir), mixed with the language data above.
+    mm_data_path: list = field(default_factory=list)
+    language_weight: float = 0.3  # share of draws that take a language document
+    image_mode: str = "medium"  # medium | high | ultra-high
+    on_bad_sample: str = "skip"  # skip (and count) | error
+    synthetic_samples: int = 4000  # size of the generated demo shards
 
 
 @dataclass
@@ -110,7 +121,10 @@ class LoggingConfig:
 @dataclass
 class CheckpointConfig:
     save: str = ""
-    load: str = ""
+    load: str = ""  # resume a run (weights, optimizer, step, data position) from DIR/latest
+    # Start a new stage from another run's final checkpoint: weights only, fresh optimizer,
+    # step 0. Used when `load` has no checkpoint yet (a resumed stage continues its own run).
+    init_from: str = ""
     save_interval: Optional[int] = None
     keep_last: int = 3
     async_save: bool = False
@@ -120,7 +134,10 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     stage: int = 1
+    multimodal: bool = False  # stage 2 on: ViT + projector + decoder
     model: ModelConfig = field(default_factory=ModelConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -138,6 +155,11 @@ class RunConfig:
             raise ConfigError(f"model.num_heads={m.num_heads} does not divide model.hidden_size={m.hidden_size}")
         if m.head_dim % 2 != 0:
             raise ConfigError(f"model.head_dim={m.head_dim} must be even for rotary embeddings")
+        if m.activation_checkpointing not in ACTIVATION_CHECKPOINTING_MODES:
+            raise ConfigError(
+                f"model.activation_checkpointing={m.activation_checkpointing!r} is not one of "
+                f"{', '.join(ACTIVATION_CHECKPOINTING_MODES)}"
+            )
         if moe.top_k > moe.num_experts:
             raise ConfigError(f"model.moe.top_k={moe.top_k} exceeds model.moe.num_experts={moe.num_experts}")
         if moe.num_experts % moe.balance_group_size != 0:
@@ -147,6 +169,17 @@ class RunConfig:
             )
         if moe.capacity_factor is not None and moe.capacity_factor <= 0:
             raise ConfigError(f"model.moe.capacity_factor={moe.capacity_factor} must be positive or null")
+        if self.data.image_mode not in ("medium", "high", "ultra-high"):
+            raise ConfigError(f"data.image_mode={self.data.image_mode!r} is not one of medium, high, ultra-high")
+        if self.data.on_bad_sample not in ("skip", "error"):
+            raise ConfigError(f"data.on_bad_sample={self.data.on_bad_sample!r} is not one of skip, error")
+        if not 0.0 <= self.data.language_weight <= 1.0:
+            raise ConfigError(f"data.language_weight={self.data.language_weight} must be within [0, 1]")
+        if len(self.data.mm_data_path) % 2 != 0:
+            raise ConfigError("data.mm_data_path must alternate weight and shard directory")
+        if self.multimodal:
+            self.vision.validate()
+            self.projector.validate(self.vision)
         if self.schedule.style not in ("cosine", "wsd", "constant"):
             raise ConfigError(f"schedule.style={self.schedule.style!r} is not one of cosine, wsd, constant")
         if self.train.precision not in ("auto", "fp32", "bf16"):

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from aria_train.config.schema import ConfigError
+from aria_train.config.errors import ConfigError
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """The data a stage trains on: datasets built from the config, cut into per-rank micro-batches.
 
-Stage 1 reads Megatron-format language data (or the offline demo corpus when
-`data.data_path` is empty).
+Stage 1 reads Megatron-format language data (or the offline demo corpus when `data.data_path`
+is empty). Multimodal stages mix that language data with image-text shards (or the synthetic
+demo shards when `data.mm_data_path` is empty), packed into `seq_length` sequences.
 """
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 from aria_train.config.schema import ConfigError, RunConfig
@@ -18,8 +20,8 @@ from aria_train.parallel import distributed as dist_utils
 
 @dataclass
 class StageData:
-    train: MicroBatchIterator
-    valid_factory: Optional[Callable[[], MicroBatchIterator]]  # a fresh pass over the same batches
+    train: object  # MicroBatchIterator | MultimodalMicroBatchIterator
+    valid_factory: Optional[Callable[[], object]]  # a fresh pass over the same validation batches
     tokenizer: object
 
 
@@ -29,27 +31,90 @@ def build_stage_data(cfg: RunConfig, groups, logger) -> StageData:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens"
         )
-    data_cfg = cfg.data
-    if not data_cfg.data_path:
-        if dist_utils.rank() == 0:  # one rank builds; the others find it built
-            ensure_demo_corpus(data_cfg.cache_dir, tokenizer)
-        dist_utils.barrier()
-        prefix = ensure_demo_corpus(data_cfg.cache_dir, tokenizer)
-        logger.info(f"data: offline demo corpus {prefix}")
-        data_cfg = dataclasses.replace(data_cfg, data_path=[str(prefix)])
-
+    data_cfg = _with_language_data(cfg, tokenizer, logger)
     train_cfg = cfg.train
     train_samples = train_cfg.train_iters * train_cfg.global_batch_size
     eval_rounds = train_cfg.train_iters // train_cfg.eval_interval + 1 if train_cfg.eval_interval else 0
     valid_samples = max(eval_rounds * train_cfg.eval_iters * train_cfg.global_batch_size, 1)
-    train_set, valid_set, _ = build_gpt_datasets(
-        data_cfg, tokenizer, (train_samples, valid_samples, 0), train_cfg.seed
-    )
+    train_set, valid_set, _ = build_gpt_datasets(data_cfg, tokenizer, (train_samples, valid_samples, 0), train_cfg.seed)
 
     def batches(dataset) -> MicroBatchIterator:
         return MicroBatchIterator(
             dataset, train_cfg.global_batch_size, train_cfg.micro_batch_size, groups.rank, groups.world_size
         )
 
+    if cfg.multimodal:
+        return _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set, eval_rounds)
     valid_factory = (lambda: batches(valid_set)) if valid_set is not None and eval_rounds else None
     return StageData(batches(train_set), valid_factory, tokenizer)
+
+
+def _with_language_data(cfg: RunConfig, tokenizer, logger):
+    data_cfg = cfg.data
+    if data_cfg.data_path:
+        return data_cfg
+    if dist_utils.rank() == 0:  # one rank builds; the others find it built
+        ensure_demo_corpus(data_cfg.cache_dir, tokenizer)
+    dist_utils.barrier()
+    prefix = ensure_demo_corpus(data_cfg.cache_dir, tokenizer)
+    logger.info(f"data: offline demo corpus {prefix}")
+    return dataclasses.replace(data_cfg, data_path=[str(prefix)])
+
+
+def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set, eval_rounds) -> StageData:
+    from aria_train.data.multimodal import (
+        ImageConfig,
+        LanguageSource,
+        MultimodalMicroBatchIterator,
+        MultimodalMixture,
+        ShardSource,
+    )
+
+    data_cfg, train_cfg = cfg.data, cfg.train
+    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode)
+    shard_sets = _multimodal_shard_sets(cfg, logger)
+    total_mm = sum(weight for weight, _ in shard_sets)
+
+    def mixture(language_set, split_seed: int) -> MultimodalMixture:
+        sources = []
+        if data_cfg.language_weight > 0:
+            sources.append((data_cfg.language_weight, LanguageSource(language_set)))
+        for weight, directory in shard_sets:
+            share = (1.0 - data_cfg.language_weight) * weight / total_mm
+            sources.append((share, ShardSource(directory, seed=split_seed)))
+        return MultimodalMixture(sources, data_cfg.seq_length, split_seed, tokenizer=tokenizer, image_cfg=image_cfg,
+                                 on_bad_sample=data_cfg.on_bad_sample)
+
+    def batches(language_set, split_seed: int) -> MultimodalMicroBatchIterator:
+        return MultimodalMicroBatchIterator(mixture(language_set, split_seed), train_cfg.global_batch_size,
+                                            train_cfg.micro_batch_size, groups.rank, groups.world_size)
+
+    valid_factory = None
+    if valid_set is not None and eval_rounds:
+        # Validation draws from the same shards with another seed: a held-out order, not held-out
+        # data; point data.mm_data_path at separate shards for a true held-out set.
+        valid_factory = lambda: batches(valid_set, train_cfg.seed + 1)  # noqa: E731
+    return StageData(batches(train_set, train_cfg.seed), valid_factory, tokenizer)
+
+
+def _multimodal_shard_sets(cfg, logger) -> list[tuple[float, str]]:
+    from aria_train.data.multimodal import write_synthetic_shards
+
+    data_cfg = cfg.data
+    if data_cfg.mm_data_path:
+        pairs = data_cfg.mm_data_path
+        sets = []
+        for weight, directory in zip(pairs[::2], pairs[1::2]):
+            try:
+                sets.append((float(weight), directory))
+            except ValueError:
+                raise ConfigError(f"data.mm_data_path: {weight!r} is not a weight (expected weight dir pairs)")
+        return sets
+    directory = Path(data_cfg.cache_dir) / f"synthetic_shards_{data_cfg.synthetic_samples}"
+    done = directory / "COMPLETE"
+    if dist_utils.rank() == 0 and not done.exists():
+        write_synthetic_shards(directory, data_cfg.synthetic_samples, seed=0, size=70)
+        done.touch()  # written last: a crash mid-way leaves no COMPLETE, and the next run rebuilds
+    dist_utils.barrier()
+    logger.info(f"data: synthetic demo shards {directory}")
+    return [(1.0, str(directory))]

@@ -5,6 +5,21 @@ Numerically the same as transformers' AriaTextForCausalLM (see aria_train.conver
 the weight mapping and tests/model/test_hf_parity.py for the check). The model returns the final
 hidden states, not logits: the loss projects them onto the vocabulary in chunks
 (aria_train.train.loss), so [tokens x vocab] logits never exist at once.
+
+Activation checkpointing (`model.activation_checkpointing`, training only):
+- "none": autograd keeps everything each block saves.
+- "full": each block keeps only its input [B, S, H]; the whole block runs again in backward.
+- "selective": keeps the attention sub-block's activations and recomputes the memory-heavy,
+  cheap-to-recompute rest: the attention-input RMSNorm (elementwise; its fp32 normalised copy)
+  and the whole MoE sub-block (RMSNorm, router, dispatch / all-to-all, routed experts, combine,
+  shared experts), which then keeps only its input. Why this split: the attention core runs
+  through SDPA's flash kernels (CUDA and, in torch 2.x, CPU alike), which save only q, k, v, the
+  output and the logsumexp, O(T) per head, while recomputing attention is the most expensive
+  part of a 64K forward (quadratic). The MoE sub-block is the opposite: per token it saves the
+  k dispatched rows, their gate/up intermediates (k x 3I) and the shared-expert intermediates,
+  about 15x the residual width for aria-25b, for a recompute of about one MoE forward (plus,
+  under expert parallelism, its two all-to-alls). aria_train.accounting models the bytes.
+All three modes compute the same values and gradients (tests/longctx/test_checkpointing.py).
 """
 
 import math
@@ -32,9 +47,22 @@ class DecoderOutput:
     router_stats: list = field(default_factory=list)  # per layer, aria_train.moe.layer.RouterStats
 
 
+CHECKPOINT_MODES = ("none", "full", "selective")
+
+
+def checkpoint_mode(value) -> str:
+    """The mode for a config value; a bool (the former flag) means full (True) or none."""
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    if value not in CHECKPOINT_MODES:
+        raise ValueError(f"activation_checkpointing={value!r} is not one of {', '.join(CHECKPOINT_MODES)}")
+    return value
+
+
 class DecoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.selective_recompute = False  # set by AriaForCausalLM per forward
         self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attention = Attention(cfg.hidden_size, cfg.num_heads, cfg.head_dim)
         self.moe_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -42,10 +70,17 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x: [B, S, H] -> (x, balance_loss, z_loss, router_stats)"""
-        x = x + self.attention(self.attention_norm(x), cos, sin)
-        moe_out = self.moe(self.moe_norm(x).flatten(0, 1))
+        if self.selective_recompute:
+            x = x + self.attention(checkpoint(self.attention_norm, x, use_reentrant=False), cos, sin)
+            moe_out = checkpoint(self._moe, x, use_reentrant=False)
+        else:
+            x = x + self.attention(self.attention_norm(x), cos, sin)
+            moe_out = self._moe(x)
         x = x + moe_out.hidden.view_as(x)
         return x, moe_out.balance_loss, moe_out.z_loss, moe_out.stats
+
+    def _moe(self, x: torch.Tensor):
+        return self.moe(self.moe_norm(x).flatten(0, 1))
 
 
 class AriaForCausalLM(nn.Module):
@@ -57,7 +92,7 @@ class AriaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base)
-        self.activation_checkpointing = cfg.activation_checkpointing
+        self.activation_checkpointing = checkpoint_mode(cfg.activation_checkpointing)
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
@@ -103,8 +138,10 @@ class AriaForCausalLM(nn.Module):
         cos, sin = self.rope(position_ids, x.dtype)
         balance = z = x.new_zeros((), dtype=torch.float32)
         router_stats = []
+        mode = checkpoint_mode(self.activation_checkpointing) if self.training else "none"
         for block in self.layers:
-            if self.activation_checkpointing and self.training:
+            block.selective_recompute = mode == "selective"
+            if mode == "full":
                 x, layer_balance, layer_z, stats = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x, layer_balance, layer_z, stats = block(x, cos, sin)

@@ -39,6 +39,10 @@ class AriaForConditionalGeneration(nn.Module):
         self.multi_modal_projector = Projector(vision.hidden_size, cfg.hidden_size, vision.num_heads, projector)
         self.language_model = AriaForCausalLM(cfg)
 
+    @property
+    def lm_head(self) -> nn.Linear:
+        return self.language_model.lm_head
+
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
         self.language_model.init_weights(seed)

@@ -143,32 +143,44 @@ def check_format(state: dict) -> None:
 
 
 def flat_shards_to_dcp(state: dict) -> dict:
-    """Converts a "aria-flat-v1" state dict into one torch.distributed.checkpoint can save and
+    """Converts an "aria-flat-v1" state dict into one torch.distributed.checkpoint can save and
     load with resharding: each FlatShard becomes a 1-D ShardedTensor of size [numel] holding this
-    rank's one chunk (no collective; DCP only needs local chunks and the global size). The local
-    tensors stay views of the live state, so `dcp.load` into the result fills the optimizer."""
+    rank's one chunk. No collective: DCP only reads a ShardedTensor's local shards and global size,
+    so the metadata lists the local chunk plus placeholder entries for the rest of the range
+    (never read). The local tensors stay views of the live state, so `dcp.load` into the result
+    fills the optimizer; then pass `dcp_to_flat_shards(...)` to `load_state_dict`.
+
+    Chunks of one key from different ranks are either identical (replicas: DCP keeps one) or
+    disjoint, in every layout the optimizers produce."""
     from torch.distributed._shard.metadata import ShardMetadata
-    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardedTensorMetadata
+    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensorMetadata
+    from torch.distributed._shard.sharded_tensor.api import ShardedTensorBase
     from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
 
     import torch.distributed as dist
 
     rank = dist.get_rank() if dist.is_initialized() else 0
-    out: dict[str, Any] = {"format": state["format"], "step": torch.tensor(state["step"], dtype=torch.int64)}
-    converted = {}
-    for name, per_state in state["state"].items():
-        converted[name] = {}
-        for key, piece in per_state.items():
-            local = piece.local
-            meta = ShardMetadata([piece.offset], [local.numel()], f"rank:{rank}/{local.device}")
-            st_meta = ShardedTensorMetadata(
-                [meta], torch.Size([piece.global_numel]), TensorProperties(dtype=local.dtype)
-            )
-            converted[name][key] = ShardedTensor._init_from_local_shards_and_global_metadata(
-                [Shard(local, meta)], st_meta
-            )
-    out["state"] = converted
-    return out
+
+    def sharded(piece: FlatShard):
+        local, total = piece.local, piece.global_numel
+        placement = f"rank:{rank}/{local.device}"
+        mine = ShardMetadata([piece.offset], [local.numel()], placement)
+        entries = [mine]
+        if piece.offset > 0:
+            entries.append(ShardMetadata([0], [piece.offset], placement))
+        if piece.offset + local.numel() < total:
+            end = piece.offset + local.numel()
+            entries.append(ShardMetadata([end], [total - end], placement))
+        meta = ShardedTensorMetadata(entries, torch.Size([total]), TensorProperties(dtype=local.dtype))
+        tensor = ShardedTensorBase._init_from_local_shards_and_global_metadata([Shard(local, mine)], meta)
+        tensor._process_group = None  # read by ShardedTensor.size(), which DCP's load planner calls
+        return tensor
+
+    return {
+        "format": state["format"],
+        "step": torch.tensor(state["step"], dtype=torch.int64),
+        "state": {name: {key: sharded(p) for key, p in per.items()} for name, per in state["state"].items()},
+    }
 
 
 def dcp_to_flat_shards(dcp_state: dict, template: dict) -> dict:

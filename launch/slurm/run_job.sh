@@ -30,7 +30,8 @@ export ARIA_ROOT CKPT_DIR LOG_DIR GPUS_PER_NODE MASTER_PORT
 
 args=(--stage "$STAGE" "${TRAIN_ARGS[@]}")
 if [[ -n "${INIT_FROM:-}" && ! -f "$CKPT_DIR/latest" ]]; then
-    # First job of a stage: weights from the previous stage, fresh optimizer and step 0.
+    # First job of a stage: weights from the previous stage, fresh optimizer and step 0 (later
+    # jobs resume from CKPT_DIR: torchrun_from_slurm.sh adds --load CKPT_DIR once it has `latest`).
     args+=(--load "$INIT_FROM" --no-load-optim)
 fi
 

@@ -154,7 +154,7 @@ def _trainer(model, optimizer, step: int):
 
 
 def save_worker(rank: int, world: int, ep: int, root: str, dump_dir: str, async_save: bool) -> None:
-    """2 steps, save iter 2 (async: then keep training before finalize), dump the saved state."""
+    """2 steps, dump the state, save iter 2, one more step, finalize."""
     from aria_train.checkpoint import Checkpointer
 
     cfg = tiny_run_config(save=root, ep_size=ep, async_save=async_save)
@@ -164,26 +164,35 @@ def save_worker(rank: int, world: int, ep: int, root: str, dump_dir: str, async_
     checkpointer = Checkpointer(cfg, groups)
     trainer = _trainer(model, optimizer, 2)
     checkpointer.save(trainer)
-    if async_save:  # training changes the live state while the background thread writes
-        train_steps(model, optimizer, groups, 1, first_step=2)
+    # the step after the checkpoint in the original layout (with async_save it runs while the
+    # background thread writes, changing the live state the checkpoint was taken from)
+    losses = train_steps(model, optimizer, groups, 1, first_step=2)
     checkpointer.finalize(trainer)
+    if rank == 0:
+        (Path(dump_dir) / "next_loss.json").write_text(json.dumps(losses))
 
 
-def load_worker(rank: int, world: int, ep: int, load: str, dump_dir: str, load_optim: bool) -> None:
+def load_worker(rank: int, world: int, ep: int, load: str, dump_dir: str, weights_only_dir: str = "") -> None:
+    """Loads `load` into a fresh model + optimizer at this layout and dumps the state; then one
+    more step. With weights_only_dir, first also a --no-load-optim load, dumped there."""
     from aria_train.checkpoint import Checkpointer
 
-    cfg = tiny_run_config(load=load, ep_size=ep, load_optim=load_optim)
+    if weights_only_dir:
+        cfg = tiny_run_config(load=load, ep_size=ep, load_optim=False)
+        groups, model, optimizer = build_parts(cfg)
+        batches = _trainer(model, optimizer, 0).train_batches
+        assert Checkpointer(cfg, groups).maybe_resume(model, optimizer, batches) is None
+        assert batches.consumed == 0
+        dump_state(model, optimizer, Path(weights_only_dir) / f"rank{rank}.pt")
+
+    cfg = tiny_run_config(load=load, ep_size=ep)
     groups, model, optimizer = build_parts(cfg)
     batches = _trainer(model, optimizer, 0).train_batches
     state = Checkpointer(cfg, groups).maybe_resume(model, optimizer, batches)
-    if load_optim:
-        assert state is not None and (state.step, state.consumed_samples) == (2, 8), state
-        assert batches.consumed == 8
-    else:
-        assert state is None and batches.consumed == 0
+    assert state is not None and (state.step, state.consumed_samples) == (2, 8), state
+    assert batches.consumed == 8
     dump_state(model, optimizer, Path(dump_dir) / f"rank{rank}.pt")
-    # one more step works with the loaded state
-    losses = train_steps(model, optimizer, groups, 1, first_step=2)
+    losses = train_steps(model, optimizer, groups, 1, first_step=2)  # the loaded state trains on
     if rank == 0:
         (Path(dump_dir) / "next_loss.json").write_text(json.dumps(losses))
 

@@ -37,6 +37,7 @@ def _entry(rank: int, world: int, port: int, fn, args) -> None:
     )
     try:
         fn(rank, world, *args)
+        dist.barrier()  # nobody tears down its connections while a peer is still receiving
     except Exception:
         traceback.print_exc()
         raise

@@ -1,0 +1,15 @@
+"""The model a stage trains, built on the meta device (parallelism and weights come after)."""
+
+from torch import nn
+
+from aria_train.config.schema import RunConfig
+from aria_train.model.decoder import build_model
+
+
+def build_stage_model(cfg: RunConfig, tokenizer) -> nn.Module:
+    """Stage 1: the text decoder. Stages with images: ViT + projector + decoder."""
+    if not cfg.multimodal:
+        return build_model(cfg.model, device="meta")
+    from aria_train.model.multimodal import build_multimodal_model
+
+    return build_multimodal_model(cfg.model, cfg.vision, cfg.projector, image_token_id=tokenizer.img, device="meta")

@@ -1,0 +1,48 @@
+"""Runs launch/pretrain.py's main() with a fault injected by monkeypatching, for the tests only
+(no hook in the production code). Under torchrun:
+
+    ARIA_TEST_FAULT=nan:3 torchrun ... tests/ops/fault_driver.py --stage 1 ...
+        the LM loss of every step >= 3 is NaN (so are the gradients), on every rank
+    ARIA_TEST_FAULT=hang:2:1:20 torchrun ... tests/ops/fault_driver.py --stage 1 ...
+        rank 1 sleeps 20 s in the forward of step 2: the other ranks wait in a collective
+"""
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from aria_train.train import trainer as trainer_module  # noqa: E402
+
+
+def install(spec: str) -> None:
+    kind, *params = spec.split(":")
+    rank = int(os.environ.get("RANK", "0"))
+    original = trainer_module.Trainer._forward
+
+    def faulty_forward(self, batch):
+        lm_sum, balance, z, stats = original(self, batch)
+        step = self.state.step + 1
+        if kind == "nan" and step >= int(params[0]):
+            lm_sum = lm_sum * float("nan")
+        if kind == "hang" and step == int(params[0]) and rank == int(params[1]):
+            time.sleep(float(params[2]))
+        return lm_sum, balance, z, stats
+
+    trainer_module.Trainer._forward = faulty_forward
+
+
+def main() -> int:
+    install(os.environ["ARIA_TEST_FAULT"])
+    spec = importlib.util.spec_from_file_location("aria_pretrain", ROOT / "launch" / "pretrain.py")
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    return pretrain.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Preemption: SIGTERM to the workers (what SLURM does at the time limit), SIGUSR1 through the
+SLURM launcher script (the early warning): the run saves at the step it stopped, exits 0, and a
+resumed run goes on from the next step."""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ops_helpers import (PRETRAIN, ROOT, TINY, child_env, children, exit_status, free_port,  # noqa: E402
+                         latest, run, start, stop, torchrun_cmd, train_records, wait_for)
+
+from aria_train.checkpoint import layout  # noqa: E402
+
+ARGS = [*TINY, "--global-batch-size", "4", "--log-interval", "1", "--set", "logging.log_interval=1"]
+
+
+def test_sigterm_saves_exits_zero_and_resume_continues(tmp_path):
+    ckpt, log1, log2 = tmp_path / "ckpt", tmp_path / "log1", tmp_path / "log2"
+    cmd = torchrun_cmd(2, PRETRAIN, ["--stage", "1", "--train-iters", "2000", *ARGS,
+                                     "--save", ckpt, "--log-dir", log1])
+    proc = start(cmd, tmp_path / "run1.out")
+    try:
+        wait_for(lambda: len(train_records(log1)) >= 3, 90, "3 logged steps", proc)
+        workers = children(proc.pid)
+        assert len(workers) == 2, workers
+        for pid in workers:  # as SLURM does: every task gets the signal
+            os.kill(pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "run1.out").read_text()[-3000:]
+    finally:
+        stop(proc)
+    out = (tmp_path / "run1.out").read_text()
+    reason, stopped = exit_status(log1)
+    assert reason == "signal", out[-2000:]
+    assert f"stopping at step {stopped}: signal" in out
+    assert 3 <= stopped < 2000
+    assert latest(ckpt) == stopped
+    assert layout.is_complete(layout.final_dir(ckpt, stopped))
+    assert train_records(log1)[-1]["step"] == stopped
+
+    resumed = run(torchrun_cmd(2, PRETRAIN, ["--stage", "1", "--train-iters", stopped + 2, *ARGS,
+                                             "--save", ckpt, "--load", ckpt, "--log-dir", log2]))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    steps = [r["step"] for r in train_records(log2)]
+    assert steps == [stopped + 1, stopped + 2]
+    assert exit_status(log2) == ("finished", stopped + 2)
+    assert latest(ckpt) == stopped + 2
+
+
+def test_sigusr1_through_slurm_launcher_forwards_to_workers(tmp_path):
+    """launch/slurm/torchrun_from_slurm.sh on a one-node fake allocation: SIGUSR1 to the script
+    (as `#SBATCH --signal=USR1@120` sends it) reaches the workers, torchrun survives it, all exit 0."""
+    from aria_train.slurm_templates import _write_stubs
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _write_stubs(bin_dir, tmp_path / "job.sbatch")
+    ckpt, log_dir = tmp_path / "ckpt", tmp_path / "logs"
+    env = child_env(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_NNODES=1, SLURM_JOB_NODELIST="127.0.0.1",
+                    SLURM_JOB_ID=777, SLURM_NODEID=0, GPUS_PER_NODE=2, MASTER_PORT=free_port(),
+                    CKPT_DIR=ckpt, LOG_DIR=log_dir)
+    cmd = ["bash", str(ROOT / "launch/slurm/torchrun_from_slurm.sh"), "--stage", "1", "--train-iters", "2000", *ARGS]
+    proc = start(cmd, tmp_path / "launcher.out", env=env)
+    try:
+        wait_for(lambda: len(train_records(log_dir)) >= 2, 90, "2 logged steps", proc)
+        os.kill(proc.pid, signal.SIGUSR1)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "launcher.out").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            for pid in children(proc.pid):  # torchrun, then its workers
+                stop_pids = children(pid) + [pid]
+                for p in stop_pids:
+                    os.kill(p, signal.SIGKILL)
+            proc.kill()
+    out = (tmp_path / "launcher.out").read_text()
+    assert "got SIGUSR1, forwarding to workers" in out
+    reason, stopped = exit_status(log_dir)
+    assert reason == "signal", out[-2000:]
+    assert latest(ckpt) == stopped
+    assert (log_dir / "torchrun" / "node0").is_dir()

@@ -107,17 +107,13 @@ class Checkpointer:
         self.wait()  # one save in flight at a time
         root = Path(self.ckpt.save)
         start = time.perf_counter()
+        error = None
         if self.rank == 0:
-            root.mkdir(parents=True, exist_ok=True)
-            partial = layout.partial_dir(root, step)
-            if partial.exists():
-                import shutil
-
-                shutil.rmtree(partial)
-            partial.mkdir(parents=True)
-            with open(partial / layout.CONFIG_FILE, "w") as handle:
-                yaml.safe_dump(self._config_dict(), handle, sort_keys=False)
-        self._barrier()  # the directory exists before anyone writes into it
+            try:
+                self._prepare_dir(root, step)
+            except OSError as exc:
+                error = f"cannot write checkpoint under {root}: {exc}"
+        self._agree(error)  # also: the directory exists before anyone writes into it
 
         entries = self._state_to_save(trainer)
         metadata = self._metadata(trainer)
@@ -134,6 +130,35 @@ class Checkpointer:
             self._write(entries, root, step, metadata, kill, start)
         self.last_saved_step = step
 
+    def _prepare_dir(self, root: Path, step: int) -> None:
+        import shutil
+
+        root.mkdir(parents=True, exist_ok=True)
+        partial = layout.partial_dir(root, step)
+        if partial.exists():  # left by an interrupted save of the same iteration
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        with open(partial / layout.CONFIG_FILE, "w") as handle:
+            yaml.safe_dump(self._config_dict(), handle, sort_keys=False)
+
+    def _agree(self, error: Optional[str]) -> None:
+        """Rank 0's outcome, on every rank: a UserError everywhere if rank 0 failed."""
+        if self.distributed:
+            box = [error]
+            dist.broadcast_object_list(box, src=0, group=self.pg)
+            error = box[0]
+        if error:
+            raise UserError(error)
+
+    def _agree_all(self, error: Optional[str]) -> None:
+        """Raises on every rank the first error any rank had."""
+        if self.distributed:
+            errors: list = [None] * self.world_size
+            dist.all_gather_object(errors, error, group=self.pg)
+            error = next((e for e in errors if e), None)
+        if error:
+            raise UserError(error)
+
     def _write_guarded(self, *args) -> None:
         try:
             self._write(*args)
@@ -146,10 +171,16 @@ class Checkpointer:
         with ckpt_state.quiet_sharded_tensor():
             dcp.save(entries, storage_writer=writer, process_group=self.pg, no_dist=not self.distributed)
         self._barrier()  # every rank's data is on disk
+        error, final = None, None
         if self.rank == 0:
             if kill == "commit":
                 _kill_self()
-            final = layout.commit(root, step, metadata, self.ckpt.keep_last)
+            try:
+                final = layout.commit(root, step, metadata, self.ckpt.keep_last)
+            except OSError as exc:
+                error = f"cannot commit checkpoint {layout.partial_dir(root, step)}: {exc}"
+        self._agree(error)
+        if final is not None:
             self._info(f"saved checkpoint {final} ({time.perf_counter() - start:.1f} s"
                        f"{', async' if self.ckpt.async_save else ''})")
 
@@ -160,6 +191,8 @@ class Checkpointer:
             thread.join()
         if self._thread_error is not None:
             error, self._thread_error = self._thread_error, None
+            if isinstance(error, UserError):
+                raise error
             raise RuntimeError(f"asynchronous checkpoint save failed: {error}") from error
 
     def finalize(self, trainer=None) -> None:
@@ -210,31 +243,36 @@ class Checkpointer:
         from, or None for a fresh start (no --load, or weights only)."""
         from aria_train.train.trainer import TrainState
 
-        if not self.ckpt.load:
+        source, load_optim = self._load_source()
+        if source is None:
             return None
-        path = layout.resolve_load_dir(self.ckpt.load)
-        meta = layout.read_metadata(path)
-        dcp_meta = layout.check_dcp_files(path)
-        saved = dcp_meta.state_dict_metadata
-        load_optim = bool(self.ckpt.load_optim)
+        error = None
+        try:  # every rank checks; a problem any rank sees stops all of them (no hang in the load)
+            path = layout.resolve_load_dir(source)
+            meta = layout.read_metadata(path)
+            dcp_meta = layout.check_dcp_files(path)
+            saved = dcp_meta.state_dict_metadata
 
-        entries: dict[str, Any] = ckpt_state.model_state(model)
-        flat = None
-        if load_optim:
-            optim_entries, flat = ckpt_state.optimizer_state(optimizer)
-            entries.update(optim_entries)
-            entries[ckpt_state.TRAIN_STATE_KEY] = None
-            if ckpt_state.DATA_STATE_KEY in saved and train_batches is not None:
-                entries[ckpt_state.DATA_STATE_KEY] = None
-            if ckpt_state.rng_key(self.rank) in saved:
-                entries[ckpt_state.rng_key(self.rank)] = None
-        renamed = ckpt_state.map_decoder_keys(entries, saved)
-        if renamed:
-            self._info(f"{len(renamed)} decoder tensors of {path} load under the other model's names "
-                       f"(text-only <-> multimodal: 'language_model.' prefix)")
-        if not load_optim:
-            self._skip_new_modules(path, entries, saved)
-        self._check_keys(path, entries, saved, load_optim)
+            entries: dict[str, Any] = ckpt_state.model_state(model)
+            flat = None
+            if load_optim:
+                optim_entries, flat = ckpt_state.optimizer_state(optimizer)
+                entries.update(optim_entries)
+                entries[ckpt_state.TRAIN_STATE_KEY] = None
+                if ckpt_state.DATA_STATE_KEY in saved and train_batches is not None:
+                    entries[ckpt_state.DATA_STATE_KEY] = None
+                if ckpt_state.rng_key(self.rank) in saved:
+                    entries[ckpt_state.rng_key(self.rank)] = None
+            renamed = ckpt_state.map_decoder_keys(entries, saved)
+            if renamed:
+                self._info(f"{len(renamed)} decoder tensors of {path} load under the other model's names "
+                           f"(text-only <-> multimodal: 'language_model.' prefix)")
+            if not load_optim:
+                self._skip_new_modules(path, entries, saved)
+            self._check_keys(path, entries, saved, load_optim)
+        except UserError as exc:
+            error = str(exc)
+        self._agree_all(error)
 
         try:
             with ckpt_state.quiet_sharded_tensor():
@@ -252,7 +290,7 @@ class Checkpointer:
                        f"this run uses {self.cfg.model.rope_base:g}")
 
         if not load_optim:
-            ckpt_state.reset_optimizer_from_model(optimizer, model, self.ep_size)
+            ckpt_state.reset_optimizer_from_model(optimizer, model)
             self._info(f"loaded weights from {path} (iteration {meta.get('iteration')}{reshard}); "
                        f"optimizer, step and data start fresh")
             return None
@@ -273,6 +311,25 @@ class Checkpointer:
         self.last_saved_step = state.step
         self._info(f"resumed from {path} at step {state.step} ({state.consumed_samples} samples consumed{reshard})")
         return state
+
+    def _load_source(self) -> tuple[Optional[str], bool]:
+        """Where this run starts from, and whether it takes the optimizer, step and data too.
+
+        - `load` holding a checkpoint: resume it (weights only with --no-load-optim).
+        - `load` equal to `save` but empty: a run's first job (SLURM templates pass the same
+          directory to both); start from `init_from` if given, else from scratch.
+        - `init_from`: a new stage starting from the previous stage's final weights.
+        An explicit `load` that holds no checkpoint is an error (resolve_load_dir says why)."""
+        load, init_from = self.ckpt.load, self.ckpt.init_from
+        first_job = bool(load) and Path(load) == Path(self.ckpt.save or "") and not _holds_checkpoint(load)
+        if load and not first_job:
+            return load, bool(self.ckpt.load_optim)
+        if init_from:
+            self._info(f"stage {self.cfg.stage} starts from {init_from} (weights only; fresh optimizer, step 0)")
+            return init_from, False
+        if first_job:
+            self._info(f"no checkpoint in {load} yet: starting from scratch")
+        return None, False
 
     def _skip_new_modules(self, path: Path, entries: dict, saved: dict) -> None:
         """Weights-only loads start a new stage, whose model may have modules the checkpoint
@@ -341,3 +398,10 @@ def _one_line(error: BaseException) -> str:
         if line and not line.startswith(("Traceback", "File ", "CheckpointException")):
             return line[:300]
     return type(error).__name__
+
+
+def _holds_checkpoint(path: str) -> bool:
+    root = Path(path)
+    if not root.is_dir():
+        return False
+    return layout.read_latest(root) is not None or layout.is_complete(root)

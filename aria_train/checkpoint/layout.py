@@ -125,7 +125,9 @@ def read_metadata(path: Path) -> dict:
     except (OSError, ValueError) as error:
         raise UserError(f"checkpoint {path} is corrupt: {METADATA_FILE} unreadable ({error})")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise UserError(f"checkpoint {path} is not an aria-train checkpoint ({METADATA_FILE} has no format {FORMAT_NAME!r})")
+        raise UserError(
+            f"checkpoint {path} is not an aria-train checkpoint ({METADATA_FILE} has no format {FORMAT_NAME!r})"
+        )
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(
@@ -184,7 +186,9 @@ def resolve_load_dir(path: str | Path) -> Path:
     if latest is not None:
         target = final_dir(path, latest)
         if not target.is_dir():
-            raise UserError(f"checkpoint pointer {path / LATEST_FILE} names iteration {latest}, but {target} does not exist")
+            raise UserError(
+                f"checkpoint pointer {path / LATEST_FILE} names iteration {latest}, but {target} does not exist"
+            )
         return target
     if (path / DCP_METADATA_FILE).exists() or (path / METADATA_FILE).exists() or path.name.startswith("iter_"):
         return path

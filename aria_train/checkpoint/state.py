@@ -32,7 +32,7 @@ import json
 import pickle
 import random
 import warnings
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -186,7 +186,7 @@ def local_tensors(value) -> list[torch.Tensor]:
     return [value]
 
 
-def reset_optimizer_from_model(optimizer, model: nn.Module, ep_size: int) -> None:
+def reset_optimizer_from_model(optimizer, model: nn.Module) -> None:
     """Weights-only load (--no-load-optim): the optimizer was built from the initial weights, so
     point its fp32 master copies at the loaded weights; moments and step stay fresh (zero)."""
     from aria_train.optim.build import FlatShard, copy_overlap
@@ -269,6 +269,3 @@ def clone_state(state: dict[str, Any]) -> dict[str, Any]:
             staged[key] = value
     return staged
 
-
-def keys_with_prefix(keys: Iterable[str], prefix: str) -> list[str]:
-    return sorted(key for key in keys if key.startswith(prefix))

@@ -64,6 +64,7 @@ class DataConfig:
     image_mode: str = "medium"  # medium | high | ultra-high
     on_bad_sample: str = "skip"  # skip (and count) | error
     synthetic_samples: int = 4000  # size of the generated demo shards
+    synthetic_kind: str = ""  # "" = the stage-2 mix of kinds; "chat" = conversations (stage 4)
 
 
 @dataclass

@@ -8,16 +8,48 @@ Loss falls on the assistant's answers and their closing `<|im_end|>` (so the mod
 stop), never on the role headers, the user's turns, the separating newlines or image tokens.
 
 Messages are dicts {"role": "system"|"user"|"assistant", "content": str | list of parts}, a
-part being {"type": "text", "text": ...} or {"type": "image", "image": <anything the caller's
-image_block understands>}.
+part being {"type": "text", "text": ...} or {"type": "image", "image": <a reference the caller
+resolves: a path, or an index into a shard sample's images>}.
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from aria_train.data.errors import DataError
 
 ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class ChatPiece:
+    kind: str  # "tokens" (ids in `value`), "text" (a string to encode) or "image" (a reference)
+    value: object
+    is_target: bool
+
+
+def conversation_pieces(messages: list, tokenizer, source: str = "conversation") -> Iterator[ChatPiece]:
+    """The template as a stream of pieces; renderers turn texts and images into tokens their way."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{source}: no messages")
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    for index, role in enumerate(roles):
+        if role not in ROLES:
+            raise DataError(f"{source}: message {index} has role {role!r}, expected one of {', '.join(ROLES)}")
+    if "assistant" not in roles:
+        raise DataError(f"{source}: no assistant turn to learn from")
+    for index, (message, role) in enumerate(zip(messages, roles)):
+        answer = role == "assistant"
+        yield ChatPiece("tokens", [tokenizer.im_start], False)
+        yield ChatPiece("text", f"{role}\n", False)
+        for part in _parts(message.get("content"), source, index):
+            if part["type"] == "text":
+                yield ChatPiece("text", part["text"], answer)
+            elif answer:
+                raise DataError(f"{source}: message {index} is the assistant's and holds an image")
+            else:
+                yield ChatPiece("image", part["image"], False)
+        yield ChatPiece("tokens", [tokenizer.im_end], answer)
+        yield ChatPiece("text", "\n", False)
 
 
 @dataclass
@@ -34,47 +66,28 @@ class RenderedConversation:
 
 
 def render_conversation(
-    messages: list[dict],
+    messages: list,
     tokenizer,
     image_block: Optional[Callable[[object], list[int]]] = None,
     source: str = "conversation",
 ) -> RenderedConversation:
     """Renders `messages`; `image_block(image)` returns the image's token ids
     (`<fim_prefix>` + `<|img|>` x n + `<fim_suffix>`)."""
-    tokens: list[int] = []
-    targets: list[bool] = []
-    images: list = []
-
-    def emit(ids: list[int], is_target: bool) -> None:
-        tokens.extend(ids)
-        targets.extend([is_target] * len(ids))
-
-    if not messages:
-        raise DataError(f"{source}: no messages")
-    for index, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role not in ROLES:
-            raise DataError(f"{source}: message {index} has role {role!r}, expected one of {', '.join(ROLES)}")
-        answer = role == "assistant"
-        emit([tokenizer.im_start] + tokenizer.encode(f"{role}\n"), False)
-        for part in _parts(message.get("content"), source, index):
-            if part["type"] == "text":
-                emit(tokenizer.encode(part["text"]), answer)
-            else:
-                if image_block is None:
-                    raise DataError(f"{source}: message {index} has an image but this stage takes no images")
-                if answer:
-                    raise DataError(f"{source}: message {index} is the assistant's and holds an image")
-                emit(image_block(part["image"]), False)
-                images.append(part["image"])
-        emit([tokenizer.im_end], answer)
-        emit(tokenizer.encode("\n"), False)
-    if not any(targets):
-        raise DataError(f"{source}: no assistant turn to learn from")
-    return RenderedConversation(tokens, targets, images)
+    rendered = RenderedConversation([], [])
+    for piece in conversation_pieces(messages, tokenizer, source):
+        if piece.kind == "image":
+            if image_block is None:
+                raise DataError(f"{source}: the conversation has an image but this stage takes no images")
+            ids = image_block(piece.value)
+            rendered.images.append(piece.value)
+        else:
+            ids = tokenizer.encode(piece.value) if piece.kind == "text" else piece.value
+        rendered.tokens.extend(ids)
+        rendered.targets.extend([piece.is_target] * len(ids))
+    return rendered
 
 
-def _parts(content, source: str, index: int) -> list[dict]:
+def _parts(content, source: str, index: int) -> list:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):

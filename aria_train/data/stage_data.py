@@ -110,10 +110,11 @@ def _multimodal_shard_sets(cfg, logger) -> list[tuple[float, str]]:
             except ValueError:
                 raise ConfigError(f"data.mm_data_path: {weight!r} is not a weight (expected weight dir pairs)")
         return sets
-    directory = Path(data_cfg.cache_dir) / f"synthetic_shards_{data_cfg.synthetic_samples}"
+    kind = data_cfg.synthetic_kind or None
+    directory = Path(data_cfg.cache_dir) / f"synthetic_{kind or 'mixed'}_{data_cfg.synthetic_samples}"
     done = directory / "COMPLETE"
     if dist_utils.rank() == 0 and not done.exists():
-        write_synthetic_shards(directory, data_cfg.synthetic_samples, seed=0, size=70)
+        write_synthetic_shards(directory, data_cfg.synthetic_samples, seed=0, size=70, kind=kind)
         done.touch()  # written last: a crash mid-way leaves no COMPLETE, and the next run rebuilds
     dist_utils.barrier()
     logger.info(f"data: synthetic demo shards {directory}")

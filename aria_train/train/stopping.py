@@ -3,7 +3,13 @@
 A signal handler only sets a flag; at the end of every step the ranks agree (all-reduce MAX),
 so they all save the same step and exit together even when the signal reached only some of
 them (SLURM signals every task, a user's `kill` may reach one).
+
+The wall-time budget counts from the start of the process (as Megatron's --exit-duration-in-mins
+does), so start-up (data index, model build, checkpoint load) is inside it. The signal handlers
+are installed when training starts; a signal before that has its default effect.
 """
+
+import os
 
 import signal
 import time
@@ -20,7 +26,7 @@ REASONS = {1: "signal", 2: "exit-duration"}
 class StopController:
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.device = device
-        self.start = time.monotonic()
+        self.start = time.monotonic() - _process_age_s()
         self.duration_s = cfg.exit_duration_mins * 60 if cfg.exit_duration_mins else None
         self.received: Optional[str] = None
         self._previous = {}
@@ -47,3 +53,13 @@ class StopController:
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux /proc); 0 where that cannot be read."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0

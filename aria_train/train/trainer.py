@@ -113,10 +113,11 @@ class Trainer:
                     routing, routing_counts = self.routing.reduce_and_reset()
                     metrics.update(routing)
                     metrics["router_counts"] = routing_counts
-                    metrics["tokens_per_s"] = window_tokens / window_seconds
-                    metrics["tokens_per_s_per_rank"] = window_tokens / window_seconds / self.world
+                    seconds = max(window_seconds, 1e-9)
+                    metrics["tokens_per_s"] = window_tokens / seconds
+                    metrics["tokens_per_s_per_rank"] = window_tokens / seconds / self.world
                     if self.peak is not None:
-                        metrics["mfu"] = window_tokens * self.flops_per_token / window_seconds / self.world / self.peak
+                        metrics["mfu"] = window_tokens * self.flops_per_token / seconds / self.world / self.peak
                     metrics["skipped_steps"] = self.state.skipped_steps
                     metrics["console_extras"] = console_summary(routing)
                     self.logger.log(metrics)
@@ -250,7 +251,7 @@ class Trainer:
         if "is_visual" in batch:
             return batch["is_visual"].reshape(-1)
         image_token_id = getattr(self.model, "image_token_id", None)
-        if image_token_id is None or "images" not in batch:
+        if image_token_id is None or "patches" not in batch:
             return None
         return (batch["tokens"] == image_token_id).reshape(-1)
 

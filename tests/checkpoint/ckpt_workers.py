@@ -208,12 +208,3 @@ def pretrain(nproc: int, args: list, workdir: Path, env_extra: dict | None = Non
            str(REPO / "launch" / "pretrain.py"), *map(str, args)]
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 
-
-def read_losses(log_dir: Path) -> dict[int, float]:
-    losses = {}
-    path = Path(log_dir) / "metrics.jsonl"
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            losses[int(record["step"])] = record["loss"]
-    return losses

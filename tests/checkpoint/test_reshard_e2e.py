@@ -36,7 +36,8 @@ def _ok(result):
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
     base = tmp_path_factory.mktemp("reshard_e2e")
-    _ok(workers.pretrain(4, _args(base, "w4ep2", "--ep-size", "2", "--save", base / "save", "--save-interval", "2"), base))
+    args = _args(base, "w4ep2", "--ep-size", "2", "--save", base / "save", "--save-interval", "2")
+    _ok(workers.pretrain(4, args, base))
     return base, _losses(base, "w4ep2")
 
 
@@ -45,7 +46,8 @@ def test_reshard_resume(original, world, ep):
     base, reference = original
     assert sorted(reference) == [1, 2, 3, 4]
     log = f"w{world}ep{ep}"
-    result = _ok(workers.pretrain(world, _args(base, log, "--ep-size", ep, "--load", base / "save" / "iter_0000002"), base))
+    args = _args(base, log, "--ep-size", ep, "--load", base / "save" / "iter_0000002")
+    result = _ok(workers.pretrain(world, args, base))
     assert "resharded from world 4 / ep 2" in result.stdout
     losses = _losses(base, log)
     assert sorted(losses) == [3, 4]

@@ -83,3 +83,27 @@ def test_visual_specialisation_view_and_expert_cap(tmp_path):
     _check_outputs(tmp_path / "out", layers, experts, ["tokens_per_expert", "activation_rate",
                                                       "activation_rate_visual", "activation_rate_text",
                                                       "visual_specialisation"])
+
+
+def test_stage2_run_logs_per_modality_rates_and_the_tool_draws_specialisation(tmp_path):
+    """Stage 2 (image + text tokens): the trainer logs R_v and R_t per layer; the tool, from the
+    checkpoint, computes R_v / R_t per expert."""
+    result = run([sys.executable, str(PRETRAIN), "--stage", "2", "--train-iters", "1", "--global-batch-size", "2",
+                  "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=0", "--log-interval", "1",
+                  "--save", tmp_path / "ckpt", "--log-dir", tmp_path / "log"], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = [json.loads(line) for line in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()][-1]
+    counts = record["router_counts"]
+    assert min(counts["visual_tokens"]) > 0 and min(counts["text_tokens"]) > 0
+    for layer in range(2):  # rates of each modality sum to top-k = 4
+        assert sum(counts["activation_rate_visual"][layer]) == pytest.approx(4.0)
+        assert sum(counts["activation_rate_text"][layer]) == pytest.approx(4.0)
+    assert record["router/visual_specialisation_max"] > 0
+
+    result = run([sys.executable, str(ROOT / "tools" / "expert_heatmap.py"), "--checkpoint", tmp_path / "ckpt",
+                  "--batches", "1", "--out", tmp_path / "out"], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, stats = _check_outputs(tmp_path / "out", 2, 16, ["tokens_per_expert", "activation_rate",
+                                                        "activation_rate_visual", "activation_rate_text",
+                                                        "visual_specialisation"])
+    assert "stage 2" in stats["source"]

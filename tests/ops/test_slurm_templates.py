@@ -2,7 +2,6 @@
 job-chaining decision (run the real scripts with stand-ins for srun/scontrol/sbatch)."""
 
 import subprocess
-from pathlib import Path
 
 import pytest
 

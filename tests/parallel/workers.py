@@ -142,6 +142,14 @@ from aria_train.model.decoder import build_model  # noqa: E402
 from aria_train.optim.build import FlatShard  # noqa: E402
 
 STEPS, N_MICRO, BATCH, SEQ = 5, 2, 2, 8
+
+
+def opt_model_config():
+    """The tiny preset with a smaller vocabulary (the embedding and head are most of the tiny
+    preset's parameters), to keep the multi-rank optimizer tests quick on 2 cores."""
+    cfg = tiny_config()
+    cfg.vocab_size = 256
+    return cfg
 LRS = [1e-2, 8e-3, 6e-3, 4e-3, 2e-3]
 
 
@@ -156,7 +164,7 @@ def opt_config(clip_grad: float = 0.5, eps: float = 1e-6) -> OptimizerConfig:
 def reference_run(world: int, seed: int = 3, ocfg: OptimizerConfig = None):
     """torch.optim.AdamW + clip_grad_norm_ on one rank over world x N_MICRO micro-batches per step.
     Returns (model, torch optimizer, grad norms)."""
-    cfg, ocfg = tiny_config(), ocfg or opt_config()
+    cfg, ocfg = opt_model_config(), ocfg or opt_config()
     model = build_model(cfg, seed=seed)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -199,7 +207,7 @@ def train_run(model, opt, rank: int, world: int):
 
 def build_sharded_model(groups: ParallelGroups, seed: int = 3):
     """Build on meta, apply EP, materialise, init: exactly this rank's slice of the 1-rank model."""
-    model = build_model(tiny_config(), device="meta")
+    model = build_model(opt_model_config(), device="meta")
     apply_expert_parallel(model, groups)
     model.to_empty(device="cpu")
     model.init_weights(seed)
@@ -260,7 +268,12 @@ def save_reference(world: int, path: str) -> dict:
     return ref
 
 
-def optimizer_worker(rank: int, world: int, ep: int, kind: str, out_dir: str, bucket_mb: float) -> None:
+def optimizer_worker(rank: int, world: int, cases: list, out_dir: str, bucket_mb: float) -> None:
+    for ep, kind in cases:
+        _optimizer_case(rank, world, ep, kind, out_dir, bucket_mb)
+
+
+def _optimizer_case(rank: int, world: int, ep: int, kind: str, out_dir: str, bucket_mb: float) -> None:
     from aria_train.optim.build import build_optimizer, flat_shards_to_dcp
     from aria_train.optim.replicated import ReplicatedAdamW
     from aria_train.parallel.zero1 import Zero1Optimizer
@@ -279,12 +292,15 @@ def optimizer_worker(rank: int, world: int, ep: int, kind: str, out_dir: str, bu
         assert math.isclose(a, b, rel_tol=1e-5), (step, a, b)
     # parameters after 5 steps
     first, last = groups.expert_range(model.cfg.moe.num_experts)
-    max_diff = 0.0
+    max_diff, diff_sum, count = 0.0, 0.0, 0
     for name, p in model.named_parameters():
         expected = ref["params"][name]
         if ".experts." in name:
             expected = expected[first:last]
-        max_diff = max(max_diff, float((p.detach() - expected).abs().max()))
+        diff = (p.detach() - expected).abs()
+        max_diff = max(max_diff, float(diff.max()))
+        diff_sum, count = diff_sum + float(diff.sum()), count + diff.numel()
+    mean_diff = diff_sum / count
     # the optimizer state, gathered to full tensors, is the reference AdamW's state
     full = full_state(opt)
     max_state_diff = 0.0
@@ -294,7 +310,7 @@ def optimizer_worker(rank: int, world: int, ep: int, kind: str, out_dir: str, bu
             got = full[name][key]
             assert got.shape == expected.shape and not torch.isnan(got).any(), (name, key)
             max_state_diff = max(max_state_diff, float((got - expected).abs().max() / expected.abs().max()))
-    report = torch.tensor([max_diff, max_state_diff, float(opt.state_bytes())], dtype=torch.float64)
+    report = torch.tensor([max_diff, max_state_diff, float(opt.state_bytes()), mean_diff], dtype=torch.float64)
     reports = [torch.zeros_like(report) for _ in range(world)]
     dist.all_gather(reports, report)
     if rank == 0:
@@ -302,13 +318,18 @@ def optimizer_worker(rank: int, world: int, ep: int, kind: str, out_dir: str, bu
             {
                 "max_param_diff": max(float(r[0]) for r in reports),
                 "max_state_rel_diff": max(float(r[1]) for r in reports),
+                "mean_param_diff": max(float(r[3]) for r in reports),
                 "state_bytes": [int(r[2]) for r in reports],
                 "norms": norms,
                 "buckets": len(opt.buckets) if kind == "zero1" else 0,
             },
-            f"{out_dir}/report.pt",
+            f"{out_dir}/report_{ep}_{kind}.pt",
         )
-    assert max_diff < 5e-6, max_diff
+    # Adam turns ~1e-7 relative differences of cross-rank gradient sums into up to ~1e-5 on the
+    # few elements whose gradients are near eps; a real bug (decay, bias correction, a missing
+    # shard) moves every element, which the mean catches
+    assert max_diff < 3e-5, max_diff
+    assert mean_diff < 1e-7, mean_diff
     assert max_state_diff < 1e-4, max_state_diff
 
     # reload: a fresh optimizer of the other kind / other buckets, loaded from the full state,
@@ -321,16 +342,16 @@ def optimizer_worker(rank: int, world: int, ep: int, kind: str, out_dir: str, bu
     fresh.load_state_dict(as_flat_state(full, opt.step_count))
     for name, p in fresh_model.named_parameters():
         torch.testing.assert_close(p, model.get_parameter(name), atol=0, rtol=0)
-    again = full_state(fresh)
-    for name in full:
-        for key in full[name]:
-            torch.testing.assert_close(again[name][key], full[name][key], atol=0, rtol=0)
+    for name, per in fresh.state_dict()["state"].items():
+        for key, piece in per.items():
+            expected = full[name][key].reshape(-1)[piece.offset : piece.offset + piece.local.numel()]
+            torch.testing.assert_close(piece.local, expected, atol=0, rtol=0)
     assert fresh.step_count == STEPS
 
     # a torch.distributed.checkpoint save of this layout (the test reloads it on one rank)
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(flat_shards_to_dcp(opt.state_dict()), checkpoint_id=f"{out_dir}/dcp")
+    dcp.save(flat_shards_to_dcp(opt.state_dict()), checkpoint_id=f"{out_dir}/dcp_{ep}_{kind}")
 
 
 def unused_param_worker(rank: int, world: int) -> None:

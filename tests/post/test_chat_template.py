@@ -64,3 +64,24 @@ def test_two_turns_with_an_image_carry_loss_exactly_on_the_answers():
 def test_bad_conversations_fail_with_one_line(messages, message):
     with pytest.raises(DataError, match=message):
         render_conversation(messages, TOK, image_block, source="chat.jsonl:3")
+
+
+def test_chat_shards_render_through_the_multimodal_pipeline(tmp_path):
+    from aria_train.config.vision import vision_preset
+    from aria_train.data.multimodal import ImageConfig, SampleRenderer, read_shard, write_synthetic_shards
+
+    write_synthetic_shards(tmp_path, 3, seed=1, kind="chat")
+    renderer = SampleRenderer(TOK, ImageConfig.from_projector(vision_preset("tiny")[1]))
+    (shard,) = sorted(tmp_path.glob("*.tar"))
+    for _, raw in read_shard(str(shard)):
+        plan = renderer.plan(raw)
+        tokens, targets = plan.tokens.tolist(), plan.target.tolist()
+        # The same conversation through the standalone renderer, with the image block the plan used.
+        image = plan.images[0]
+        block = tokens[image.start:image.end]
+        expected = render_conversation(raw.meta["messages"], TOK, lambda _: block)
+        assert tokens[:-1] == expected.tokens and tokens[-1] == TOK.eod
+        assert targets[:-1] == expected.targets and targets[-1]
+        answers = [m["content"] for m in raw.meta["messages"] if m["role"] == "assistant"]
+        trained_text = TOK.decode([t for t, g in zip(tokens, targets) if g and t not in (TOK.im_end, TOK.eod)])
+        assert trained_text == "".join(answers)

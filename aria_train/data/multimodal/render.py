@@ -10,6 +10,8 @@ boundaries):
                                                                "loss": false), EOD
     video        per frame "[mm:ss]" IMG, then caption EOD     loss: caption (or answer), EOD
                  (or question+"\\n" answer EOD)
+    chat         ARIA's chat template (aria_train.data.chat) EOD  loss: assistant turns with their
+                                                               <|im_end|>, EOD
 
 `target[j]` says whether token j is predicted with loss (from token j-1); image markers, image
 tokens, prompts, questions and timestamps never are. In a packed sequence labels[i] =
@@ -38,6 +40,7 @@ from typing import Optional
 
 import numpy as np
 
+from aria_train.data.chat import conversation_pieces
 from aria_train.data.errors import DataError
 from aria_train.data.image_tokens import MIN_SIZE, PATCH_SIZE, SPLIT_RATIOS, ImageCrops, process_image, select_split
 from aria_train.data.multimodal.errors import BadSample, one_line
@@ -236,6 +239,19 @@ class SampleRenderer:
                     image(seg["image"])
                 else:
                     text(seg["text"], seg.get("loss", True))
+        elif kind == "chat":
+            try:
+                pieces = list(conversation_pieces(meta["messages"], self.tokenizer, "chat"))
+            except DataError as err:
+                raise BadSample(str(err))
+            for piece in pieces:
+                if piece.kind == "image":
+                    image(piece.value)
+                elif piece.kind == "text":
+                    text(piece.value, piece.is_target)
+                else:
+                    tokens.extend(piece.value)
+                    target.extend([piece.is_target] * len(piece.value))
         else:  # video
             for frame in meta["frames"]:
                 text(timestamp(frame.get("time", 0.0)), False)

@@ -12,6 +12,9 @@ A sample is a JSON object (the `KEY.json` member of a shard) plus its images (`K
     video        {"kind": "video", "frames": [{"image": 0, "time": 0.0}, {"image": 1, "time": 2.5}],
                   "caption": "..."}            or, instead of "caption", "question" + "answer"
                  ("time" in seconds, rendered "[mm:ss]")
+    chat         {"kind": "chat", "messages": [{"role": "user", "content": [{"type": "image", "image": 0},
+                  {"type": "text", "text": "What is shown?"}]}, {"role": "assistant", "content": "..."}]}
+                 (post-training; ARIA's chat template, loss on the assistant turns: aria_train.data.chat)
 
 Unknown fields are ignored (kept for provenance). validate_sample() raises BadSample with a
 one-line reason; the renderer (render.py) defines the token layout and the loss mask.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from aria_train.data.multimodal.errors import BadSample
 
-KINDS = ("caption", "ocr_qa", "doc_qa", "interleaved", "video")
+KINDS = ("caption", "ocr_qa", "doc_qa", "interleaved", "video", "chat")
 
 
 def _text(meta: dict, name: str, required: bool = True) -> None:
@@ -73,6 +76,15 @@ def validate_sample(meta, images) -> str:
                 _image_index(seg["image"], images, f"segment {i}")
             if not isinstance(seg.get("loss", True), bool):
                 raise BadSample(f"schema: segment {i} 'loss' is not a boolean")
+    elif kind == "chat":
+        messages = meta.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadSample("schema: chat sample has no 'messages' list")
+        for i, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            for part in content if isinstance(content, list) else []:
+                if isinstance(part, dict) and part.get("type") == "image":
+                    _image_index(part.get("image"), images, f"message {i}")
     else:  # video
         frames = meta.get("frames")
         if not isinstance(frames, list) or not frames:

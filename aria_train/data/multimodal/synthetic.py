@@ -158,7 +158,17 @@ def synthetic_sample(seed: int, index: int, size: int = 70, kind: Optional[str] 
         meta = {"kind": "video", "frames": [{"image": i, "time": 2.0 * i} for i in range(len(frames))],
                 "caption": caption}
         return meta, [("jpg", _jpeg(f)) for f in frames], []
-    raise DataError(f"synthetic kind {kind!r}: expected one of {', '.join(KIND_WEIGHTS)}")
+    if kind == "chat":  # post-training: a two-turn conversation about one picture
+        scene = make_scene(rng, size)
+        question, answer = _question(rng, scene)
+        messages = [
+            {"role": "user", "content": [{"type": "image", "image": 0}, {"type": "text", "text": "Describe the picture."}]},
+            {"role": "assistant", "content": f"It shows {scene.caption()}."},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer.capitalize() + "."},
+        ]
+        return {"kind": "chat", "messages": messages}, [draw_scene(scene)], [scene]
+    raise DataError(f"synthetic kind {kind!r}: expected one of {', '.join(KIND_WEIGHTS)}, chat")
 
 
 def _jpeg(img) -> bytes:

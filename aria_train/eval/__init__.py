@@ -1,0 +1,1 @@
+"""Evaluations that run a trained model (long-context passkey retrieval)."""

@@ -26,7 +26,7 @@ class VisionConfig:
     image_size: int = 980  # largest crop side; the position grid is (image_size // patch_size)^2
     num_channels: int = 3
     layer_norm_eps: float = 1e-6
-    init_std: float = 0.02
+    init_std: Optional[float] = None  # None = 1/sqrt(fan_in) per weight
     activation_checkpointing: bool = False
 
     @property
@@ -56,7 +56,7 @@ class ProjectorConfig:
     patch_to_query: dict = field(default_factory=lambda: {1225: 128, 4900: 256})
     num_heads: Optional[int] = None  # None = vision.num_heads (as transformers' AriaProjector)
     layer_norm_eps: float = 1e-5  # nn.LayerNorm's default, which AriaProjector uses
-    init_std: float = 0.02
+    init_std: Optional[float] = None  # None = 1/sqrt(fan_in) per weight
 
     def __post_init__(self):
         # YAML / JSON give string keys.

@@ -114,7 +114,7 @@ def vision_config_from_hf(hf_vision_config, base: Optional[VisionConfig] = None)
         image_size=int(c["image_size"]),
         num_channels=int(c.get("num_channels", 3)),
         layer_norm_eps=float(c.get("layer_norm_eps", 1e-6)),
-        init_std=float(c.get("initializer_range", base.init_std)),
+        init_std=c.get("initializer_range", base.init_std),
     ).validate()
 
 
@@ -149,7 +149,7 @@ def hf_config_from_model(model: AriaForConditionalGeneration, **text_overrides):
             patch_size=v.patch_size,
             hidden_act="gelu_pytorch_tanh",
             layer_norm_eps=v.layer_norm_eps,
-            initializer_range=v.init_std,
+            initializer_range=v.init_std if v.init_std is not None else 0.02,  # HF needs a number
         ),
         text_config=hf_text.hf_text_config_from_model(model.cfg, **text_overrides).to_dict(),
         projector_patch_to_query_dict=dict(model.projector_cfg.patch_to_query),

@@ -213,42 +213,7 @@ def _heatmap(grid, lengths, depths, path: Path, title: str) -> None:
 
 def load_decoder_from_checkpoint(checkpoint: str, rope_base: Optional[float] = None):
     """The text decoder of an aria-train checkpoint (any stage; a multimodal checkpoint gives its
-    language model), on CPU in eval mode, with the run config it was saved with. Uses the
-    checkpoint module's layout (resolve_load_dir, config.yaml) and key mapping (model_state,
-    map_decoder_keys); the weights only, in one process."""
-    import warnings
+    language model), on CPU in eval mode, with the run config it was saved with."""
+    from aria_train.checkpoint.trained_model import load_trained_model
 
-    import torch.distributed.checkpoint as dcp
-    import yaml
-
-    from aria_train.checkpoint import resolve_load_dir
-    from aria_train.checkpoint import state as ckpt_state
-    from aria_train.config import RunConfig, from_dict
-    from aria_train.errors import UserError
-    from aria_train.model.decoder import build_model
-
-    path = resolve_load_dir(checkpoint)
-    config_file = path / "config.yaml"
-    if not config_file.is_file():
-        raise UserError(f"checkpoint {path} has no config.yaml")
-    raw = yaml.safe_load(config_file.read_text()) or {}
-    model_raw = raw.get("model", {})
-    if isinstance(model_raw.get("activation_checkpointing"), bool):  # saved before the modes existed
-        model_raw["activation_checkpointing"] = "full" if model_raw["activation_checkpointing"] else "none"
-    cfg = from_dict(RunConfig, {"model": model_raw}, prefix="")
-    if rope_base is not None:
-        cfg.model.rope_base = rope_base
-    model = build_model(cfg.model, device="meta")
-    model.to_empty(device="cpu")
-    model.init_weights(0)
-    entries = ckpt_state.model_state(model)
-    saved_keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata.keys())
-    ckpt_state.map_decoder_keys(entries, saved_keys)  # a multimodal checkpoint's language model
-    missing = [k for k in entries if k not in saved_keys]
-    if missing:
-        raise UserError(f"checkpoint {path} lacks {len(missing)} decoder tensors, e.g. {missing[0]}")
-    with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(entries, checkpoint_id=str(path))
-    model.eval()
-    return model, cfg
+    return load_trained_model(checkpoint, text_only=True, rope_base=rope_base)

@@ -16,9 +16,10 @@ Activation checkpointing (`model.activation_checkpointing`, training only):
   through SDPA's flash kernels (CUDA and, in torch 2.x, CPU alike), which save only q, k, v, the
   output and the logsumexp, O(T) per head, while recomputing attention is the most expensive
   part of a 64K forward (quadratic). The MoE sub-block is the opposite: per token it saves the
-  k dispatched rows, their gate/up intermediates (k x 3I) and the shared-expert intermediates,
-  about 15x the residual width for aria-25b, for a recompute of about one MoE forward (plus,
-  under expert parallelism, its two all-to-alls). aria_train.accounting models the bytes.
+  k dispatched rows, their gate/up intermediates (k x 3I) and the shared-expert intermediates:
+  for aria-25b about 30x the fp32 residual stream and 8x what the attention sub-block keeps,
+  for a recompute of about one MoE forward (plus, under expert parallelism, its two
+  all-to-alls). aria_train.accounting models the bytes of every mode.
 All three modes compute the same values and gradients (tests/longctx/test_checkpointing.py).
 """
 

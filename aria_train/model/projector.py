@@ -146,7 +146,7 @@ class Projector(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0, prefix: str = "multi_modal_projector.") -> None:
-        """As the ViT: LayerNorms 1/0, biases 0, weights and queries Normal(0, init_std)
+        """As the ViT: LayerNorms 1/0, biases 0, weights and queries Normal(0, init_std or 1/sqrt(fan_in))
         (transformers' trunc_normal_(std) truncates at +-2 absolute, i.e. effectively never)."""
         _init_module_(self, self.cfg.init_std, seed, prefix)
 

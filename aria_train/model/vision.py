@@ -303,12 +303,12 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0, prefix: str = "vision_tower.") -> None:
-        """LayerNorms 1/0, biases 0, other weights Normal(0, init_std), each tensor from its own
+        """LayerNorms 1/0, biases 0, other weights Normal(0, init_std or 1/sqrt(fan_in)), each tensor from its own
         seeded generator (independent of the rest of the model)."""
         _init_module_(self, self.cfg.init_std, seed, prefix)
 
 
-def _init_module_(module: nn.Module, std: float, seed: int, prefix: str) -> None:
+def _init_module_(module: nn.Module, std: Optional[float], seed: int, prefix: str) -> None:
     norms = {n for n, m in module.named_modules() if isinstance(m, nn.LayerNorm)}
     for name, param in module.named_parameters():
         owner, _, leaf = name.rpartition(".")
@@ -317,7 +317,11 @@ def _init_module_(module: nn.Module, std: float, seed: int, prefix: str) -> None
         elif leaf.endswith("bias"):
             param.zero_()
         else:
-            seeded_normal_(param, std, seed, prefix + name)
+            # None = 1/sqrt(fan_in): SigLIP-size widths get about the usual 0.02-0.03, while a
+            # narrow test preset keeps its signal through the projector's chain of linears
+            # instead of drowning it under the biases.
+            scale = std if std is not None else param[0].numel() ** -0.5
+            seeded_normal_(param, scale, seed, prefix + name)
 
 
 def seeded_normal_(tensor: torch.Tensor, std: float, seed: int, name: str) -> None:

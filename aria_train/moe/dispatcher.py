@@ -49,5 +49,5 @@ class LocalDispatcher:
         num_tokens, top_k = top_weights.shape
         slots = expert_output.new_zeros(handle.num_slots, expert_output.shape[-1])
         slots = slots.index_copy(0, handle.kept_slots, expert_output)  # dropped slots stay zero
-        slots = slots.view(num_tokens, top_k, -1)
+        slots = slots.view(num_tokens, top_k, expert_output.shape[-1])  # explicit: T may be 0
         return (slots * top_weights.unsqueeze(-1).to(slots.dtype)).sum(dim=1)

@@ -56,7 +56,7 @@ def init_parallel_groups(ep_size: int = 1) -> ParallelGroups:
     """Creates the groups of the layout. Every rank must call it, with the same ep_size."""
     if not (dist.is_available() and dist.is_initialized()):
         if ep_size != 1:
-            raise ConfigError(f"parallel.ep_size={ep_size} needs torch.distributed with ep_size ranks (world size is 1)")
+            raise ConfigError(f"parallel.ep_size={ep_size} does not divide the world size 1 (torch.distributed is off)")
         return ParallelGroups()
     world_size, rank = dist.get_world_size(), dist.get_rank()
     if ep_size < 1 or world_size % ep_size != 0:

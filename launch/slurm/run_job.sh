@@ -14,13 +14,15 @@
 #      too (SIGTERM), so they never chain.
 #
 # Variables (set by the template): STAGE RUN_DIR CKPT_DIR GPUS_PER_NODE MASTER_PORT MAX_CHAIN
-# TRAIN_ARGS (array) INIT_FROM (optional: a previous stage's checkpoint for the first job).
+# TRAIN_ARGS (array) INIT_FROM (optional: a previous stage's checkpoint for the first job; empty
+# keeps the stage config's checkpoint.init_from).
 set -euo pipefail
 
 ARIA_ROOT=${ARIA_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 CHAIN_INDEX=${ARIA_CHAIN_INDEX:-0}
 [[ "$RUN_DIR" == /* ]] || RUN_DIR=$PWD/$RUN_DIR
 [[ "$CKPT_DIR" == /* ]] || CKPT_DIR=$PWD/$CKPT_DIR
+[[ -z "${INIT_FROM:-}" || "$INIT_FROM" == /* ]] || INIT_FROM=$PWD/$INIT_FROM
 LOG_DIR=$RUN_DIR/logs/$SLURM_JOB_ID
 # The template as submitted (inside a job $0 is SLURM's temporary copy of it).
 SBATCH_SCRIPT=${ARIA_SBATCH_SCRIPT:-$(scontrol show job "$SLURM_JOB_ID" -o | sed -n 's/.* Command=\([^ ]*\).*/\1/p')}
@@ -29,10 +31,10 @@ mkdir -p "$LOG_DIR" "$CKPT_DIR"
 export ARIA_ROOT CKPT_DIR LOG_DIR GPUS_PER_NODE MASTER_PORT
 
 args=(--stage "$STAGE" "${TRAIN_ARGS[@]}")
-if [[ -n "${INIT_FROM:-}" && ! -f "$CKPT_DIR/latest" ]]; then
-    # First job of a stage: weights from the previous stage, fresh optimizer and step 0 (later
-    # jobs resume from CKPT_DIR: torchrun_from_slurm.sh adds --load CKPT_DIR once it has `latest`).
-    args+=(--load "$INIT_FROM" --no-load-optim)
+if [[ -n "${INIT_FROM:-}" ]]; then
+    # Used only while CKPT_DIR holds no checkpoint (the first job of a stage): the previous
+    # stage's weights, fresh optimizer, step 0. Later jobs resume CKPT_DIR/latest.
+    args+=(--set "checkpoint.init_from=$INIT_FROM")
 fi
 
 echo "job $SLURM_JOB_ID (chain $CHAIN_INDEX/$MAX_CHAIN): stage $STAGE on $SLURM_NNODES nodes x $GPUS_PER_NODE," \

@@ -8,8 +8,9 @@
 #   SLURM_NNODES, SLURM_JOB_NODELIST, SLURM_JOB_ID, SLURM_NODEID   set by SLURM
 #   GPUS_PER_NODE   processes per node (default: SLURM_GPUS_ON_NODE, else 8)
 #   MASTER_PORT     rendezvous port on the first node (default 29500)
-#   CKPT_DIR        checkpoint directory: --save CKPT_DIR, and --load CKPT_DIR once it holds a
-#                   checkpoint (CKPT_DIR/latest); a first job starts fresh (required)
+#   CKPT_DIR        checkpoint directory, passed as both --save and --load (required): a job
+#                   resumes from CKPT_DIR/latest; while it holds none (the first job) the run
+#                   starts from checkpoint.init_from or from scratch (aria_train.checkpoint)
 #   LOG_DIR         this job's log directory: metrics, exit_status, torchrun's per-rank logs (required)
 #   ARIA_ROOT       the repository (default: two levels above this script)
 #   ARIA_PRINT_ONLY=1   print the torchrun command instead of running it (tests, debugging)
@@ -51,12 +52,10 @@ cmd=(
     --tee=3
     "$ARIA_ROOT/launch/pretrain.py"
     --save "$CKPT_DIR"
+    --load "$CKPT_DIR"
+    --log-dir "$LOG_DIR"
+    "$@"
 )
-# launch/pretrain.py refuses a --load directory without a checkpoint, so a first job has none.
-if [[ -f "$CKPT_DIR/latest" ]]; then
-    cmd+=(--load "$CKPT_DIR")
-fi
-cmd+=(--log-dir "$LOG_DIR" "$@")
 
 if [[ "${ARIA_PRINT_ONLY:-0}" == 1 ]]; then
     echo "${cmd[*]}"

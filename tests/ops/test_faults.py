@@ -42,7 +42,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
 def test_hung_collective_times_out_with_a_message_naming_it(tmp_path):
     # Rank 1 sleeps 8 s in step 2's forward; rank 0 waits in the next collective (timeout 3 s).
     result = run(torchrun_cmd(2, FAULT_DRIVER, ["--stage", "1", "--train-iters", "4", *ARGS,
-                                                "--log-dir", tmp_path / "log",
+                                                "--log-dir", tmp_path / "log", "--save", tmp_path / "ckpt",
                                                 "--set", "parallel.timeout_minutes=0.05"]),
                  env=child_env(ARIA_TEST_FAULT="hang:2:1:8"), timeout=90)
     assert result.returncode != 0

@@ -23,7 +23,8 @@ def test_two_nodes_of_two_processes_train_at_world_size_four(tmp_path):
             rdzv = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
                     "--rdzv-id=ops-multinode", f"--rdzv-conf=is_host={int(node == 0)}", "--max-restarts=0"]
             cmd = torchrun_cmd(2, PRETRAIN, ["--stage", "1", "--train-iters", "3", *TINY, "--global-batch-size", "8",
-                                             "--log-interval", "1", "--log-dir", log_dir], rdzv=rdzv)
+                                             "--log-interval", "1", "--log-dir", log_dir,
+                                             "--save", tmp_path / "ckpt"], rdzv=rdzv)
             procs.append(start(cmd, tmp_path / f"node{node}.out"))
         codes = [proc.wait(timeout=120) for proc in procs]
     finally:

@@ -18,9 +18,10 @@ ARGS = [*TINY, "--global-batch-size", "4", "--log-interval", "1", "--set", "logg
 
 
 def test_sigterm_saves_exits_zero_and_resume_continues(tmp_path):
+    # As the SLURM templates run it: the same directory for --save and --load (empty at first).
     ckpt, log1, log2 = tmp_path / "ckpt", tmp_path / "log1", tmp_path / "log2"
     cmd = torchrun_cmd(2, PRETRAIN, ["--stage", "1", "--train-iters", "2000", *ARGS,
-                                     "--save", ckpt, "--log-dir", log1])
+                                     "--save", ckpt, "--load", ckpt, "--log-dir", log1])
     proc = start(cmd, tmp_path / "run1.out")
     try:
         wait_for(lambda: len(train_records(log1)) >= 3, 90, "3 logged steps", proc)

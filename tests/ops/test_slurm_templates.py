@@ -54,26 +54,24 @@ def test_rendered_stage1_runs_exactly_this_torchrun_line_on_each_node(tmp_path):
     expected = (
         "torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu001:29500 "
         "--rdzv-id=4242 --max-restarts=0 --log-dir={logs}/torchrun/node{node} --tee=3 "
-        f"{ROOT}/launch/pretrain.py --save {run}/checkpoints --log-dir {logs} "
+        f"{ROOT}/launch/pretrain.py --save {run}/checkpoints --load {run}/checkpoints --log-dir {logs} "
         "--stage 1 --model aria-25b --ep-size 8"
     )
     assert job.torchrun_lines == [expected.format(logs=logs, node=0), expected.format(logs=logs, node=1)]
     assert job.sbatch_calls == []  # no exit_status: nothing to chain
 
 
-def test_a_later_job_resumes_from_the_checkpoint_directory(tmp_path):
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "run" / "checkpoints" / "latest").write_text("500\n")
-    job = _job(tmp_path, MASTER_PORT=29777)  # the variable in the template wins over the environment
-    line = job.torchrun_lines[0]
-    assert f"--save {tmp_path}/run/checkpoints --load {tmp_path}/run/checkpoints --log-dir" in line
-    assert "--rdzv-endpoint=gpu001:29500" in line
+def test_the_template_variables_win_over_the_environment(tmp_path):
+    job = _job(tmp_path, MASTER_PORT=29777, GPUS_PER_NODE=4)
+    assert "--nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu001:29500" in job.torchrun_lines[0]
 
 
-def test_first_job_of_stage2_loads_the_previous_stage_weights_only(tmp_path):
+def test_stage2_first_job_starts_from_the_previous_stage(tmp_path):
     job = _job(tmp_path, stage=2, extra_variables={"INIT_FROM": '"/ckpt/stage1"'})
-    assert job.torchrun_lines[0].endswith("--stage 2 --model aria-25b --ep-size 8 --load /ckpt/stage1 --no-load-optim")
-    assert "--load" not in job.torchrun_lines[0].split("--log-dir")[0]
+    assert job.torchrun_lines[0].endswith(
+        "--stage 2 --model aria-25b --ep-size 8 --set checkpoint.init_from=/ckpt/stage1")
+    job = _job(tmp_path / "relative", stage=2, extra_variables={"INIT_FROM": "runs/s1"})
+    assert job.torchrun_lines[0].endswith(f"--set checkpoint.init_from={tmp_path}/relative/runs/s1")
 
 
 @pytest.mark.parametrize("status, chained", [

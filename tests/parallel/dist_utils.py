@@ -7,7 +7,6 @@ function a child runs lives here (tests add this directory to sys.path, which sp
 from __future__ import annotations
 
 import datetime
-import os
 import socket
 import traceback
 

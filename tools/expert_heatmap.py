@@ -25,7 +25,6 @@ import csv
 import json
 import math
 import sys
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -70,20 +69,16 @@ def stats_from_jsonl(path: Path, last: int | None = None) -> dict:
 
 def stats_from_checkpoint(checkpoint: str, batches: int) -> dict:
     import torch
-    import torch.distributed.checkpoint as dcp
 
     from aria_train.checkpoint import resolve_load_dir
-    from aria_train.checkpoint import state as ckpt_state
+    from aria_train.checkpoint.trained_model import load_trained_model
     from aria_train.data.stage_data import build_stage_data
-    from aria_train.model.build import build_stage_model
     from aria_train.parallel.groups import init_parallel_groups
     from aria_train.train.routing_metrics import RoutingAccumulator
 
-    path = resolve_load_dir(checkpoint)
-    cfg = _config_from_checkpoint(path / "config.yaml")
+    model, cfg = load_trained_model(checkpoint)
     cfg.train.train_iters = max(batches, 1)  # only sizes the sample index the data builds
     cfg.train.eval_interval = 0
-    cfg.parallel.ep_size = 1
 
     class _Quiet:
         @staticmethod
@@ -91,13 +86,6 @@ def stats_from_checkpoint(checkpoint: str, batches: int) -> dict:
             print(message, file=sys.stderr)
 
     data = build_stage_data(cfg, init_parallel_groups(1), _Quiet())
-    model = build_stage_model(cfg, data.tokenizer)  # as launch/pretrain.py builds it
-    model.to_empty(device="cpu")
-    model.init_weights(cfg.train.seed)
-    with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(ckpt_state.model_state(model), checkpoint_id=str(path))  # in place, the weights only
-    model.eval()
     acc = RoutingAccumulator(cfg.model.num_layers, cfg.model.moe.num_experts)
     image_token_id = getattr(model, "image_token_id", None)
     with torch.no_grad():
@@ -117,32 +105,8 @@ def stats_from_checkpoint(checkpoint: str, batches: int) -> dict:
         text = {"counts": [[r * n for r in row] for row, n in zip(counts["activation_rate_text"], counts["text_tokens"])],
                 "tokens": counts["text_tokens"]}
     return _finish(counts["tokens_per_expert"], counts["tokens"], visual, text,
-                   source=f"{path} (stage {cfg.stage}, {batches} global batches of its training data)")
-
-
-def _config_from_checkpoint(path: Path):
-    """The run config saved with the checkpoint; keys this version no longer knows are dropped
-    (with a note), so an older checkpoint still loads."""
-    import re
-
-    import yaml
-
-    from aria_train.config import ConfigError, RunConfig, from_dict
-
-    raw = yaml.safe_load(Path(path).read_text())
-    while True:
-        try:
-            return from_dict(RunConfig, raw, "")
-        except ConfigError as error:
-            match = re.match(r"unknown config key (\S+)", str(error))
-            if not match:
-                raise
-            *parents, leaf = match.group(1).split(".")
-            node = raw
-            for name in parents:
-                node = node[name]
-            del node[leaf]
-            print(f"note: {path}: ignoring {match.group(1)}, unknown to this version", file=sys.stderr)
+                   source=f"{resolve_load_dir(checkpoint)} (stage {cfg.stage}, {batches} global batches of its "
+                          f"training data)")
 
 
 def _add(a, b):

@@ -22,6 +22,22 @@ _FIELDS = {
 }
 
 
+def check_batch_layout(global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int,
+                       consumed_samples: int) -> None:
+    """The sizes every micro-batch iterator needs to split a global batch over ranks evenly."""
+    if dp_size < 1 or not 0 <= dp_rank < dp_size:
+        raise DataError(f"data-parallel rank {dp_rank} of {dp_size}: not a valid rank")
+    if micro_batch_size < 1:
+        raise DataError(f"micro batch size {micro_batch_size}: must be positive")
+    if global_batch_size < 1 or global_batch_size % (micro_batch_size * dp_size) != 0:
+        raise DataError(
+            f"global batch size {global_batch_size}: must be a positive multiple of "
+            f"micro_batch_size * dp_size = {micro_batch_size} * {dp_size}"
+        )
+    if consumed_samples < 0:
+        raise DataError(f"consumed_samples {consumed_samples}: must be >= 0")
+
+
 class MicroBatchIterator:
     def __init__(
         self,
@@ -32,19 +48,9 @@ class MicroBatchIterator:
         dp_size: int,
         consumed_samples: int = 0,
     ):
-        if dp_size < 1 or not 0 <= dp_rank < dp_size:
-            raise DataError(f"data-parallel rank {dp_rank} of {dp_size}: not a valid rank")
-        if micro_batch_size < 1:
-            raise DataError(f"micro batch size {micro_batch_size}: must be positive")
-        if global_batch_size < 1 or global_batch_size % (micro_batch_size * dp_size) != 0:
-            raise DataError(
-                f"global batch size {global_batch_size}: must be a positive multiple of "
-                f"micro_batch_size * dp_size = {micro_batch_size} * {dp_size}"
-            )
+        check_batch_layout(global_batch_size, micro_batch_size, dp_rank, dp_size, consumed_samples)
         if dataset is None or len(dataset) == 0:
             raise DataError("micro-batch iterator: the dataset is empty")
-        if consumed_samples < 0:
-            raise DataError(f"consumed_samples {consumed_samples}: must be >= 0")
         self.dataset = dataset
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size

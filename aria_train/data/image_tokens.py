@@ -26,7 +26,6 @@ Token ids are arguments (they come from aria_train.data.tokenizer: `<|img|>`, `<
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 

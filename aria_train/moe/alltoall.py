@@ -29,6 +29,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from aria_train.moe.dispatcher import slots_by_expert
+
 
 def _all_to_all(x: torch.Tensor, output_splits: list[int], input_splits: list[int], group: Any) -> torch.Tensor:
     out = x.new_empty((sum(output_splits),) + tuple(x.shape[1:]))
@@ -85,11 +87,7 @@ class AllToAllDispatcher:
         ep, local = self.ep_size, self.num_local_experts
         top_k = top_experts.shape[1]
         flat_experts = top_experts.reshape(-1)
-        slots = torch.arange(flat_experts.numel(), device=x.device)
-        if keep is not None:
-            slots = slots[keep.reshape(-1)]
-        order = torch.argsort(flat_experts[slots], stable=True)
-        kept_slots = slots[order]
+        kept_slots = slots_by_expert(flat_experts, keep)
         send_counts = torch.bincount(flat_experts[kept_slots], minlength=self.num_experts)  # [E]
         # recv_counts[src * local + j]: rows source `src` sends to my local expert j.
         recv_counts = _all_to_all(send_counts, [local] * ep, [local] * ep, self.group)

@@ -14,6 +14,15 @@ from typing import Optional
 import torch
 
 
+def slots_by_expert(flat_experts: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
+    """flat_experts: [T*k] expert of each (token, slot); keep: [T, k] bool or None ->
+    the kept flat slots, sorted by expert (stable: token order within an expert)."""
+    slots = torch.arange(flat_experts.numel(), device=flat_experts.device)
+    if keep is not None:
+        slots = slots[keep.reshape(-1)]
+    return slots[torch.argsort(flat_experts[slots], stable=True)]
+
+
 @dataclass
 class LocalDispatchHandle:
     kept_slots: torch.Tensor  # [N] flat (token * k + slot) index of each row, in expert order
@@ -33,11 +42,7 @@ class LocalDispatcher:
         """
         top_k = top_experts.shape[1]
         flat_experts = top_experts.reshape(-1)
-        slots = torch.arange(flat_experts.numel(), device=x.device)
-        if keep is not None:
-            slots = slots[keep.reshape(-1)]
-        order = torch.argsort(flat_experts[slots], stable=True)
-        kept_slots = slots[order]
+        kept_slots = slots_by_expert(flat_experts, keep)
         counts = torch.bincount(flat_experts[kept_slots], minlength=self.num_experts)
         expert_input = x.index_select(0, torch.div(kept_slots, top_k, rounding_mode="floor"))
         return expert_input, counts, LocalDispatchHandle(kept_slots, flat_experts.numel())

@@ -1,7 +1,8 @@
 """One matmul per expert, issued as a single grouped operation.
 
-Rows of `x` are sorted by expert; `counts[e]` rows belong to expert e. On CUDA with bf16 and
-16-byte aligned widths this is torch._grouped_mm (one kernel for all experts); elsewhere the
+Rows of `x` are sorted by expert; `counts[e]` rows belong to expert e. On CUDA in bf16 (or under
+bf16 autocast) with 16-byte aligned widths this is torch._grouped_mm (one kernel for all
+experts); elsewhere the
 rows are scattered into a zero-padded [E, max_count, in] block and multiplied with one bmm,
 which is batched (not a Python loop) and exact in fp32.
 """
@@ -12,15 +13,18 @@ import torch
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """x: [N, in] sorted by expert; weight: [E, in, out]; counts: [E] int64 -> [N, out]"""
     if _can_use_grouped_mm(x, weight):
+        # Under bf16 autocast the fp32 weights and activations go in as bf16, as autocast
+        # would cast them for a plain matmul (autocast does not know _grouped_mm).
         offsets = torch.cumsum(counts, dim=0).to(torch.int32)
-        return torch._grouped_mm(x, weight, offs=offsets)
+        return torch._grouped_mm(x.to(torch.bfloat16), weight.to(torch.bfloat16), offs=offsets)
     return _padded_bmm(x, weight, counts)
 
 
 def _can_use_grouped_mm(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not (x.is_cuda and hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16):
+    if not (x.is_cuda and hasattr(torch, "_grouped_mm")):
         return False
-    if weight.dtype != torch.bfloat16:
+    autocast_bf16 = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
+    if not (autocast_bf16 or (x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16)):
         return False
     return x.shape[-1] % 8 == 0 and weight.shape[-1] % 8 == 0
 

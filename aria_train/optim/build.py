@@ -30,7 +30,7 @@ Hence:
     replicated: whole tensors, identical on every rank of a DP/EDP group;
   * a 1-D contiguous range is a box, so each piece maps to one chunk of a
     torch.distributed.checkpoint ShardedTensor of size [numel]; DCP can then reshard to any other
-    layout (see `flat_shards_to_dcp`). Resharding in memory: `load_state_dict` accepts, per
+    layout (aria_train.checkpoint.state.flat_pieces_to_dcp). Resharding in memory: `load_state_dict` accepts, per
     name and state, one FlatShard or a list of them at any offsets and copies the overlap with
     the ranges this rank holds.
   * `local` tensors returned by `state_dict()` are VIEWS of the live optimizer state: a DCP
@@ -140,59 +140,6 @@ def copy_overlap(dest: torch.Tensor, dest_offset: int, pieces: Union[FlatShard, 
 def check_format(state: dict) -> None:
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"optimizer state has format {state.get('format')!r}, expected {STATE_FORMAT!r}")
-
-
-def flat_shards_to_dcp(state: dict) -> dict:
-    """Converts an "aria-flat-v1" state dict into one torch.distributed.checkpoint can save and
-    load with resharding: each FlatShard becomes a 1-D ShardedTensor of size [numel] holding this
-    rank's one chunk. No collective: DCP only reads a ShardedTensor's local shards and global size,
-    so the metadata lists the local chunk plus placeholder entries for the rest of the range
-    (never read). The local tensors stay views of the live state, so `dcp.load` into the result
-    fills the optimizer; then pass `dcp_to_flat_shards(...)` to `load_state_dict`.
-
-    Chunks of one key from different ranks are either identical (replicas: DCP keeps one) or
-    disjoint, in every layout the optimizers produce."""
-    from torch.distributed._shard.metadata import ShardMetadata
-    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensorMetadata
-    from torch.distributed._shard.sharded_tensor.api import ShardedTensorBase
-    from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
-
-    import torch.distributed as dist
-
-    rank = dist.get_rank() if dist.is_initialized() else 0
-
-    def sharded(piece: FlatShard):
-        local, total = piece.local, piece.global_numel
-        placement = f"rank:{rank}/{local.device}"
-        mine = ShardMetadata([piece.offset], [local.numel()], placement)
-        entries = [mine]
-        if piece.offset > 0:
-            entries.append(ShardMetadata([0], [piece.offset], placement))
-        if piece.offset + local.numel() < total:
-            end = piece.offset + local.numel()
-            entries.append(ShardMetadata([end], [total - end], placement))
-        meta = ShardedTensorMetadata(entries, torch.Size([total]), TensorProperties(dtype=local.dtype))
-        tensor = ShardedTensorBase._init_from_local_shards_and_global_metadata([Shard(local, mine)], meta)
-        tensor._process_group = None  # read by ShardedTensor.size(), which DCP's load planner calls
-        return tensor
-
-    return {
-        "format": state["format"],
-        "step": torch.tensor(state["step"], dtype=torch.int64),
-        "state": {name: {key: sharded(p) for key, p in per.items()} for name, per in state["state"].items()},
-    }
-
-
-def dcp_to_flat_shards(dcp_state: dict, template: dict) -> dict:
-    """The inverse of `flat_shards_to_dcp` after a DCP load, shaped like `template`
-    (the optimizer's own state_dict())."""
-    result = {"format": template["format"], "step": int(dcp_state["step"]), "state": {}}
-    for name, per_state in template["state"].items():
-        result["state"][name] = {}
-        for key, piece in per_state.items():
-            local = dcp_state["state"][name][key].local_shards()[0].tensor
-            result["state"][name][key] = FlatShard(piece.global_shape, piece.offset, local)
-    return result
 
 
 def build_optimizer(

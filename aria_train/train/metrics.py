@@ -28,8 +28,12 @@ CONSOLE_FIELDS = [
     ("tokens_per_s", "{:.0f}"),
     ("tokens_per_s_per_rank", "{:.0f}"),
     ("mfu", "{:.1%}"),
+    ("visual_tokens_per_s", "{:.0f}"),
+    ("text_tokens_per_s", "{:.0f}"),
+    ("image_crops", "{:d}"),
 ]
-CONSOLE_LABELS = {"tokens_per_s": "tok/s", "tokens_per_s_per_rank": "tok/s/gpu"}
+CONSOLE_LABELS = {"tokens_per_s": "tok/s", "tokens_per_s_per_rank": "tok/s/gpu", "visual_tokens_per_s": "vis tok/s",
+                  "text_tokens_per_s": "text tok/s", "image_crops": "images"}
 TIME_PHASES = [("data", "data"), ("forward", "fwd"), ("backward", "bwd"), ("grad_sync_wait", "sync"),
                ("optimizer", "opt"), ("other", "other")]
 EXIT_STATUS_FILE = "exit_status"

@@ -78,7 +78,7 @@ class Trainer:
         history = []
         stopper = StopController(cfg.train, self.device)
         consecutive_nonfinite = 0
-        window_seconds, window_tokens = 0.0, 0  # training time only: eval and saves excluded
+        window_seconds, window_tokens, window_image_tokens = 0.0, 0, 0  # training time only: no eval or saves
         exit_reason = "error"
         try:
             while self.state.step < cfg.train.train_iters:
@@ -90,6 +90,7 @@ class Trainer:
                 self.state.step += 1
                 self.state.consumed_samples += cfg.train.global_batch_size
                 window_tokens += cfg.train.global_batch_size * cfg.data.seq_length
+                window_image_tokens += metrics["image_tokens"]
                 window_seconds += metrics["step_time_s"]
                 history.append(metrics)
 
@@ -116,12 +117,15 @@ class Trainer:
                     seconds = max(window_seconds, 1e-9)
                     metrics["tokens_per_s"] = window_tokens / seconds
                     metrics["tokens_per_s_per_rank"] = window_tokens / seconds / self.world
+                    if cfg.multimodal:
+                        metrics["visual_tokens_per_s"] = window_image_tokens / seconds
+                        metrics["text_tokens_per_s"] = (window_tokens - window_image_tokens) / seconds
                     if self.peak is not None:
                         metrics["mfu"] = window_tokens * self.flops_per_token / seconds / self.world / self.peak
                     metrics["skipped_steps"] = self.state.skipped_steps
                     metrics["console_extras"] = console_summary(routing)
                     self.logger.log(metrics)
-                    window_seconds, window_tokens = 0.0, 0
+                    window_seconds, window_tokens, window_image_tokens = 0.0, 0, 0
                 if self._eval_due():
                     self._activity = "validation"
                     valid_loss = self.evaluate()
@@ -211,7 +215,10 @@ class Trainer:
             grad_norm = float(self.optimizer.step(lr))
 
         self._activity = "loss all_reduce"
-        reduced = dist_utils.all_reduce_sum(torch.stack([sums.lm_sum, sums.balance, sums.z]))
+        image_tokens = sum(int(b.get("num_image_tokens", 0)) for b in micro_batches)
+        images = sum(len(b.get("grid") or ()) for b in micro_batches)
+        counts = torch.tensor([image_tokens, images], dtype=torch.float64, device=self.device)
+        reduced = dist_utils.all_reduce_sum(torch.cat([torch.stack([sums.lm_sum, sums.balance, sums.z]), counts]))
         lm_loss = reduced[0].item() / global_tokens
         balance, z = reduced[1].item(), reduced[2].item()
         loss = lm_loss + balance + z
@@ -225,6 +232,8 @@ class Trainer:
             "grad_norm": grad_norm,
             "skipped": not (math.isfinite(loss) and math.isfinite(grad_norm)),
             "consumed_samples": self.state.consumed_samples + self.cfg.train.global_batch_size,
+            "image_tokens": int(reduced[3].item()),  # global batch; 0 in text-only stages
+            "image_crops": int(reduced[4].item()),
             **self.timer.summary(),
         }
 

@@ -2,7 +2,6 @@
 copies scores 1.0 with both scoring methods, and the CLI writes its table and heatmap."""
 
 import csv
-import random
 import sys
 from pathlib import Path
 

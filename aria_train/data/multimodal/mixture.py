@@ -46,6 +46,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from aria_train.data.batches import check_batch_layout
 from aria_train.data.errors import DataError
 from aria_train.data.multimodal.errors import LOG, BadSample, BadSamples
 from aria_train.data.multimodal.render import ImageConfig, RenderedSample, SampleRenderer
@@ -364,17 +365,7 @@ class MultimodalMicroBatchIterator:
 
     def __init__(self, mixture: MultimodalMixture, global_batch_size: int, micro_batch_size: int,
                  dp_rank: int, dp_size: int, consumed_samples: int = 0):
-        if dp_size < 1 or not 0 <= dp_rank < dp_size:
-            raise DataError(f"data-parallel rank {dp_rank} of {dp_size}: not a valid rank")
-        if micro_batch_size < 1:
-            raise DataError(f"micro batch size {micro_batch_size}: must be positive")
-        if global_batch_size < 1 or global_batch_size % (micro_batch_size * dp_size) != 0:
-            raise DataError(
-                f"global batch size {global_batch_size}: must be a positive multiple of "
-                f"micro_batch_size * dp_size = {micro_batch_size} * {dp_size}"
-            )
-        if consumed_samples < 0:
-            raise DataError(f"consumed_samples {consumed_samples}: must be >= 0")
+        check_batch_layout(global_batch_size, micro_batch_size, dp_rank, dp_size, consumed_samples)
         self.mixture = mixture
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size

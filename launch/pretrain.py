@@ -55,6 +55,7 @@ def train(cfg) -> int:
     import torch
 
     from aria_train.checkpoint import Checkpointer
+    from aria_train.convert.hf_multimodal import init_vision_tower
     from aria_train.data.stage_data import build_stage_data
     from aria_train.model.build import build_stage_model
     from aria_train.optim.build import build_optimizer
@@ -78,6 +79,9 @@ def train(cfg) -> int:
         apply_expert_parallel(model, groups)
         model.to_empty(device=device)
         model.init_weights(cfg.train.seed)
+        if cfg.multimodal and cfg.vision.init_from:
+            init_vision_tower(model, cfg.vision.init_from)  # a resumed run's checkpoint overrides it
+            logger.info(f"vision tower initialised from {cfg.vision.init_from}")
         optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb)
         logger.info(f"optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
 

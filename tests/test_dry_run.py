@@ -19,9 +19,3 @@ def test_dry_run_prints_the_paper_parameter_count():
     # dense 1,968,192,000 + 6/64 of the routed experts
     assert "active parameters per token  4,115,151,360" in result.stdout
     assert "world 64, ep-size 8" in result.stdout
-
-
-def test_config_error_is_one_line_and_nonzero_exit():
-    result = run_launcher("--stage", "1", "--set", "model.moe.top_k=99")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: model.moe.top_k=99 exceeds model.moe.num_experts=16"

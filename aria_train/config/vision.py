@@ -27,6 +27,9 @@ class VisionConfig:
     num_channels: int = 3
     layer_norm_eps: float = 1e-6
     init_std: Optional[float] = None  # None = 1/sqrt(fan_in) per weight
+    # A SigLIP / Idefics3 vision checkpoint (safetensors, HF layout) the ViT starts from when a
+    # multimodal stage starts fresh; a resumed run's own checkpoint takes precedence.
+    init_from: str = ""
     activation_checkpointing: bool = False
 
     @property

@@ -293,3 +293,16 @@ __all__ = [
     "save_hf_checkpoint",
     "vision_config_from_hf",
 ]
+
+
+def init_vision_tower(model, path) -> None:
+    """Starts `model.vision_tower` from a SigLIP / Idefics3 vision checkpoint (the stage-2
+    `vision.init_from`); a position grid of another size is resized to the model's."""
+    from aria_train.errors import UserError
+
+    try:
+        loaded = load_siglip_vision(path, model.vision_cfg, interpolate_positions=True)
+        model.vision_tower.load_state_dict(loaded.state_dict())
+    except (ValueError, RuntimeError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"vision.init_from={path}: {first_line}") from None

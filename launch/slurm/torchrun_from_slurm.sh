@@ -63,7 +63,8 @@ if [[ "${ARIA_PRINT_ONLY:-0}" == 1 ]]; then
 fi
 
 mkdir -p "$LOG_DIR/torchrun/node$NODE_ID"
-cd "$ARIA_ROOT"
+# The job's working directory (sbatch's submit directory) stays the run's: relative paths in the
+# config (data cache, default run directories) resolve there, not inside the checkout.
 # Ignored signals stay ignored across exec: torchrun survives SIGUSR1; the workers replace the
 # disposition with their own handler when training starts.
 ( trap '' USR1; exec "${cmd[@]}" ) &

@@ -12,14 +12,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ROOT / "launch" / "pretrain.py"
 FAULT_DRIVER = Path(__file__).resolve().parent / "fault_driver.py"
+# Runs start here, not in the repository, so their relative paths (data cache, default run
+# directories) stay out of the checkout; the data cache is shared by the session's runs.
+WORKDIR = Path(tempfile.mkdtemp(prefix="aria-ops-"))
 # The tiny preset at tiny sizes: a step takes a few hundredths of a second on one core.
-TINY = ["--seq-length", "32", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=0"]
+TINY = ["--seq-length", "32", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=0",
+        "--set", "data.synthetic_samples=64"]
 
 
 def free_port() -> int:
@@ -47,11 +52,11 @@ def torchrun_cmd(nproc: int, script: Path, args: list, rdzv: list | None = None)
 
 def start(cmd: list, log_path: Path, env: dict | None = None) -> subprocess.Popen:
     handle = open(log_path, "w")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env or child_env(), stdout=handle, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=WORKDIR, env=env or child_env(), stdout=handle, stderr=subprocess.STDOUT)
 
 
 def run(cmd: list, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=env or child_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=WORKDIR, env=env or child_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def read_metrics(log_dir: Path) -> list[dict]:

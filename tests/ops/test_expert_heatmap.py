@@ -90,7 +90,8 @@ def test_stage2_run_logs_per_modality_rates_and_the_tool_draws_specialisation(tm
     checkpoint, computes R_v / R_t per expert."""
     result = run([sys.executable, str(PRETRAIN), "--stage", "2", "--train-iters", "1", "--global-batch-size", "2",
                   "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=0", "--log-interval", "1",
-                  "--set", "checkpoint.init_from=", "--save", tmp_path / "ckpt", "--log-dir", tmp_path / "log"],
+                  "--set", "checkpoint.init_from=", "--set", "data.synthetic_samples=64", "--save", tmp_path / "ckpt",
+                  "--log-dir", tmp_path / "log"],
                  timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     record = [json.loads(line) for line in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()][-1]

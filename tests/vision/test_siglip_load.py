@@ -58,3 +58,20 @@ def test_load_bare_file_with_config_and_interpolation(siglip, tmp_path):
         load_siglip_vision(tmp_path / "vit.safetensors", bigger)
     resized = load_siglip_vision(tmp_path / "vit.safetensors", bigger, interpolate_positions=True)
     assert resized.embeddings.position_embedding.weight.shape == (100, 32)
+
+
+def test_stage2_vision_tower_starts_from_siglip(siglip, tmp_path):
+    from aria_train.config import build_config
+    from aria_train.convert.hf_multimodal import init_vision_tower
+    from aria_train.errors import UserError
+    from aria_train.model.multimodal import build_multimodal_model
+
+    siglip.save_pretrained(tmp_path)
+    cfg = build_config(2, overrides={"vision.init_from": str(tmp_path), "vision.image_size": 140})
+    model = build_multimodal_model(cfg.model, cfg.vision, cfg.projector, image_token_id=5)
+    init_vision_tower(model, cfg.vision.init_from)
+    expected = load_siglip_vision(tmp_path, cfg.vision, interpolate_positions=True).state_dict()
+    for name, tensor in model.vision_tower.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    with pytest.raises(UserError, match=f"vision.init_from={tmp_path / 'nope'}"):
+        init_vision_tower(model, tmp_path / "nope")

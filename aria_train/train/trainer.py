@@ -90,7 +90,7 @@ class Trainer:
                 self.state.step += 1
                 self.state.consumed_samples += cfg.train.global_batch_size
                 window_tokens += cfg.train.global_batch_size * cfg.data.seq_length
-                window_image_tokens += metrics["image_tokens"]
+                window_image_tokens += metrics.get("image_tokens", 0)
                 window_seconds += metrics["step_time_s"]
                 history.append(metrics)
 
@@ -222,7 +222,7 @@ class Trainer:
         lm_loss = reduced[0].item() / global_tokens
         balance, z = reduced[1].item(), reduced[2].item()
         loss = lm_loss + balance + z
-        return {
+        metrics = {
             "step": self.state.step + 1,
             "loss": loss,
             "lm_loss": lm_loss,
@@ -232,10 +232,12 @@ class Trainer:
             "grad_norm": grad_norm,
             "skipped": not (math.isfinite(loss) and math.isfinite(grad_norm)),
             "consumed_samples": self.state.consumed_samples + self.cfg.train.global_batch_size,
-            "image_tokens": int(reduced[3].item()),  # global batch; 0 in text-only stages
-            "image_crops": int(reduced[4].item()),
             **self.timer.summary(),
         }
+        if self.cfg.multimodal:
+            metrics["image_tokens"] = int(reduced[3].item())  # over the global batch
+            metrics["image_crops"] = int(reduced[4].item())
+        return metrics
 
     def _forward(self, batch: dict):
         tokens = batch["tokens"].to(self.device, non_blocking=True)

@@ -3,19 +3,14 @@ and reading back what the run logged."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from spawn_world import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "launch" / "pretrain.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pretrain(nproc: int, args: list, workdir: Path, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -6,46 +6,21 @@ function a child runs lives here (the tests put this directory on sys.path, whic
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, fn, args) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        fn(rank, world, *args)
-    except Exception:
-        traceback.print_exc()
-        raise
-    finally:
-        dist.destroy_process_group()
-
-
-def run_world(fn, world: int, *args) -> None:
-    mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+sys.path.insert(0, str(REPO / "tests"))
+from spawn_world import free_port, run_world  # noqa: E402,F401  (re-exported for the tests)
 
 
 # ---- a tiny run without the data pipeline ---------------------------------------------------

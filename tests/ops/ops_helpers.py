@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from spawn_world import free_port  # noqa: E402,F401  (re-exported for the tests)
+
 PRETRAIN = ROOT / "launch" / "pretrain.py"
 FAULT_DRIVER = Path(__file__).resolve().parent / "fault_driver.py"
 # Runs start here, not in the repository, so their relative paths (data cache, default run
@@ -25,12 +27,6 @@ WORKDIR = Path(tempfile.mkdtemp(prefix="aria-ops-"))
 # The tiny preset at tiny sizes: a step takes a few hundredths of a second on one core.
 TINY = ["--seq-length", "32", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=0",
         "--set", "data.synthetic_samples=64"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(**extra) -> dict:

@@ -6,47 +6,17 @@ function a child runs lives here (tests add this directory to sys.path, which sp
 
 from __future__ import annotations
 
-import datetime
-import socket
-import traceback
+import sys
+from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from aria_train.config.schema import ModelConfig, MoEConfig
 from aria_train.config.presets import MODEL_PRESETS
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, fn, args) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
-        fn(rank, world, *args)
-        dist.barrier()  # nobody tears down its connections while a peer is still receiving
-    except Exception:
-        traceback.print_exc()
-        raise
-    finally:
-        dist.destroy_process_group()
-
-
-def run_world(fn, world: int, *args) -> None:
-    """Runs fn(rank, world, *args) on `world` gloo ranks; a failure on any rank fails the call."""
-    mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from spawn_world import free_port, run_world  # noqa: E402,F401  (re-exported for the tests)
 
 
 def tiny_config(**moe_overrides) -> ModelConfig:

@@ -63,9 +63,11 @@ def train(cfg) -> int:
     from aria_train.parallel.expert_parallel import apply_expert_parallel
     from aria_train.parallel.groups import init_parallel_groups
     from aria_train.train.metrics import MetricsLogger
+    from aria_train.train.stopping import StopController
     from aria_train.train.trainer import Trainer
 
     device = dist_utils.init_distributed(cfg.parallel.backend, cfg.parallel.timeout_minutes)
+    stopper = StopController(cfg.train, device)  # preemption signals count from here, not from step 1
     try:
         torch.manual_seed(cfg.train.seed)
         groups = init_parallel_groups(cfg.parallel.ep_size)
@@ -89,7 +91,8 @@ def train(cfg) -> int:
         state = checkpointer.maybe_resume(model, optimizer, data.train)
 
         trainer = Trainer(cfg, model, optimizer, data.train, logger, device,
-                          valid_batches_factory=data.valid_factory, checkpointer=checkpointer, state=state)
+                          valid_batches_factory=data.valid_factory, checkpointer=checkpointer, state=state,
+                          stopper=stopper)
         history = trainer.fit()
         if history:
             logger.info(f"done: step {trainer.state.step}, first loss {history[0]['loss']:.4f}, "

@@ -5,12 +5,12 @@ so they all save the same step and exit together even when the signal reached on
 them (SLURM signals every task, a user's `kill` may reach one).
 
 The wall-time budget counts from the start of the process (as Megatron's --exit-duration-in-mins
-does), so start-up (data index, model build, checkpoint load) is inside it. The signal handlers
-are installed when training starts; a signal before that has its default effect.
+does), so start-up (data index, model build, checkpoint load) is inside it. launch/pretrain.py
+installs the handlers before start-up too, so a SLURM warning that arrives while the data index
+builds stops the run after its first step instead of killing it.
 """
 
 import os
-
 import signal
 import time
 from typing import Optional

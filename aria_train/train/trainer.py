@@ -52,6 +52,7 @@ class Trainer:
         valid_batches_factory: Optional[Callable[[], object]] = None,
         checkpointer=None,
         state: Optional[TrainState] = None,
+        stopper: Optional[StopController] = None,
     ):
         self.cfg = cfg
         self.model = model
@@ -62,6 +63,7 @@ class Trainer:
         self.device = device
         self.checkpointer = checkpointer
         self.state = state or TrainState()
+        self.stopper = stopper
         self.world = dist_utils.world_size()
         self.timer = StepTimer(device)
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_length)
@@ -76,7 +78,7 @@ class Trainer:
         nonfinite | error) for job chaining (launch/slurm/run_job.sh)."""
         cfg = self.cfg
         history = []
-        stopper = StopController(cfg.train, self.device)
+        stopper = self.stopper or StopController(cfg.train, self.device)
         consecutive_nonfinite = 0
         window_seconds, window_tokens, window_image_tokens = 0.0, 0, 0  # training time only: no eval or saves
         exit_reason = "error"

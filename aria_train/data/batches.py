@@ -38,6 +38,16 @@ def check_batch_layout(global_batch_size: int, micro_batch_size: int, dp_rank: i
         raise DataError(f"consumed_samples {consumed_samples}: must be >= 0")
 
 
+def consumed_samples_of(state: dict, what: str) -> int:
+    """The position a saved iterator state holds; DataError naming `what` when it is unusable."""
+    if "consumed_samples" not in state:
+        raise DataError(f"{what}: no 'consumed_samples' entry")
+    consumed = int(state["consumed_samples"])
+    if consumed < 0:
+        raise DataError(f"{what}: consumed_samples {consumed} is negative")
+    return consumed
+
+
 class MicroBatchIterator:
     def __init__(
         self,
@@ -84,12 +94,7 @@ class MicroBatchIterator:
         return {"consumed_samples": self.consumed_samples}
 
     def load_state_dict(self, state: dict) -> None:
-        if "consumed_samples" not in state:
-            raise DataError("micro-batch iterator state: no 'consumed_samples' entry")
-        consumed = int(state["consumed_samples"])
-        if consumed < 0:
-            raise DataError(f"micro-batch iterator state: consumed_samples {consumed} is negative")
-        self.consumed_samples = consumed
+        self.consumed_samples = consumed_samples_of(state, "micro-batch iterator state")
 
     @staticmethod
     def _collate(samples: list[dict]) -> dict:

@@ -46,7 +46,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from aria_train.data.batches import check_batch_layout
+from aria_train.data.batches import check_batch_layout, consumed_samples_of
 from aria_train.data.errors import DataError
 from aria_train.data.multimodal.errors import LOG, BadSample, BadSamples
 from aria_train.data.multimodal.render import ImageConfig, RenderedSample, SampleRenderer
@@ -407,11 +407,7 @@ class MultimodalMicroBatchIterator:
         return {"consumed_samples": self.consumed_samples, "mixture": self.mixture.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if "consumed_samples" not in state:
-            raise DataError("multimodal batch iterator state: no 'consumed_samples' entry")
-        consumed = int(state["consumed_samples"])
-        if consumed < 0:
-            raise DataError(f"multimodal batch iterator state: consumed_samples {consumed} is negative")
+        consumed = consumed_samples_of(state, "multimodal batch iterator state")
         mixture_state = state.get("mixture")
         if mixture_state is not None and int(mixture_state.get("sequences", -1)) == consumed:
             self.mixture.load_state_dict(mixture_state)

@@ -46,6 +46,7 @@ class ReplicatedAdamW:
             lr=opt_cfg.lr,
             betas=(opt_cfg.beta1, opt_cfg.beta2),
             eps=opt_cfg.eps,
+            fused=bool(self.infos) and all(info.param.is_cuda for info in self.infos),  # one kernel on GPU
         )
         for info in self.infos:  # eager state, so a checkpoint can be loaded before the first step
             self.optimizer.state[info.param] = {

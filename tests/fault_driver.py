@@ -1,19 +1,23 @@
 """Runs launch/pretrain.py's main() with a fault injected by monkeypatching, for the tests only
 (no hook in the production code). Under torchrun:
 
-    ARIA_TEST_FAULT=nan:3 torchrun ... tests/ops/fault_driver.py --stage 1 ...
+    ARIA_TEST_FAULT=nan:3 torchrun ... tests/fault_driver.py --stage 1 ...
         the LM loss of every step >= 3 is NaN (so are the gradients), on every rank
-    ARIA_TEST_FAULT=hang:2:1:20 torchrun ... tests/ops/fault_driver.py --stage 1 ...
+    ARIA_TEST_FAULT=hang:2:1:20 torchrun ... tests/fault_driver.py --stage 1 ...
         rank 1 sleeps 20 s in the forward of step 2: the other ranks wait in a collective
+    ARIA_TEST_FAULT=ckpt-kill:20 torchrun ... tests/fault_driver.py --stage 1 --save DIR ...
+        every rank SIGKILLs itself right after writing its data files of checkpoint 20 (before
+        the save is committed)
 """
 
 import importlib.util
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aria_train.train import trainer as trainer_module  # noqa: E402
@@ -21,6 +25,9 @@ from aria_train.train import trainer as trainer_module  # noqa: E402
 
 def install(spec: str) -> None:
     kind, *params = spec.split(":")
+    if kind == "ckpt-kill":
+        kill_after_checkpoint_data(int(params[0]))
+        return
     rank = int(os.environ.get("RANK", "0"))
     original = trainer_module.Trainer._forward
 
@@ -34,6 +41,24 @@ def install(spec: str) -> None:
         return lm_sum, balance, z, stats
 
     trainer_module.Trainer._forward = faulty_forward
+
+
+def kill_after_checkpoint_data(iteration: int) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    from aria_train.checkpoint import layout
+
+    target = layout.partial_dir(Path("."), iteration).name
+    original = dcp.FileSystemWriter.write_data
+
+    def write_data(self, plan, planner):
+        future = original(self, plan, planner)
+        if Path(str(self.path)).name == target:
+            future.wait()  # this rank's .distcp files are on disk; the commit never comes
+            os.kill(os.getpid(), signal.SIGKILL)
+        return future
+
+    dcp.FileSystemWriter.write_data = write_data
 
 
 def main() -> int:

@@ -12,16 +12,10 @@ for each rank exactly the experts and optimizer ranges it holds in the new layou
 With `checkpoint.async_save` the state is copied to CPU memory in the training thread and written
 by a background thread (DCP over a dedicated gloo group), so training goes on meanwhile; the next
 save or `finalize` waits for it.
-
-Test hook: ARIA_TRAIN_TEST_CKPT_KILL="<iteration>:<write|commit>" makes every rank SIGKILL
-itself during the save of that iteration, after writing its data files ("write": before DCP's
-index exists) or, on rank 0, just before the commit ("commit").
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -35,36 +29,6 @@ import yaml
 from aria_train.checkpoint import layout
 from aria_train.checkpoint import state as ckpt_state
 from aria_train.errors import UserError
-
-KILL_HOOK_ENV = "ARIA_TRAIN_TEST_CKPT_KILL"
-
-
-def _kill_point(iteration: int) -> Optional[str]:
-    spec = os.environ.get(KILL_HOOK_ENV, "")
-    if not spec:
-        return None
-    it, _, point = spec.partition(":")
-    return point or "write" if it.strip() == str(iteration) else None
-
-
-def _kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class _Writer(dcp.FileSystemWriter):
-    """FileSystemWriter with the test kill hook after this rank's data files are written."""
-
-    def __init__(self, path, kill: bool = False, **kwargs):
-        super().__init__(path, **kwargs)
-        self._kill = kill
-
-    def write_data(self, plan, planner):
-        future = super().write_data(plan, planner)
-        if self._kill:
-            future.wait()
-            _kill_self()
-        return future
-
 
 class Checkpointer:
     def __init__(self, cfg, groups, logger=None):
@@ -117,17 +81,16 @@ class Checkpointer:
 
         entries = self._state_to_save(trainer)
         metadata = self._metadata(trainer)
-        kill = _kill_point(step)
         if self.ckpt.async_save:
             entries = ckpt_state.clone_state(entries)
             self._thread_error = None
             self._thread = threading.Thread(
-                target=self._write_guarded, args=(entries, root, step, metadata, kill, start),
+                target=self._write_guarded, args=(entries, root, step, metadata, start),
                 name=f"checkpoint-save-{step}", daemon=True,
             )
             self._thread.start()
         else:
-            self._write(entries, root, step, metadata, kill, start)
+            self._write(entries, root, step, metadata, start)
         self.last_saved_step = step
 
     def _prepare_dir(self, root: Path, step: int) -> None:
@@ -165,16 +128,14 @@ class Checkpointer:
         except BaseException as error:  # re-raised by wait()
             self._thread_error = error
 
-    def _write(self, entries: dict, root: Path, step: int, metadata: dict, kill: Optional[str], start: float) -> None:
+    def _write(self, entries: dict, root: Path, step: int, metadata: dict, start: float) -> None:
         partial = layout.partial_dir(root, step)
-        writer = _Writer(str(partial), kill=kill == "write")
         with ckpt_state.quiet_sharded_tensor():
-            dcp.save(entries, storage_writer=writer, process_group=self.pg, no_dist=not self.distributed)
+            dcp.save(entries, storage_writer=dcp.FileSystemWriter(str(partial)), process_group=self.pg,
+                     no_dist=not self.distributed)
         self._barrier()  # every rank's data is on disk
         error, final = None, None
         if self.rank == 0:
-            if kill == "commit":
-                _kill_self()
             try:
                 final = layout.commit(root, step, metadata, self.ckpt.keep_last)
             except OSError as exc:

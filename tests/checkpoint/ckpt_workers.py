@@ -173,13 +173,14 @@ def load_worker(rank: int, world: int, ep: int, load: str, dump_dir: str, weight
 
 
 # ---- torchrun runs of launch/pretrain.py ----------------------------------------------------
-def pretrain(nproc: int, args: list, workdir: Path, env_extra: dict | None = None, timeout: int = 180):
-    """Runs launch/pretrain.py under torchrun; returns the CompletedProcess."""
+def pretrain(nproc: int, args: list, workdir: Path, env_extra: dict | None = None, timeout: int = 180,
+             script: Path = REPO / "launch" / "pretrain.py"):
+    """Runs launch/pretrain.py (or a driver wrapping it) under torchrun; returns the CompletedProcess."""
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
-           str(REPO / "launch" / "pretrain.py"), *map(str, args)]
+           str(script), *map(str, args)]
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 

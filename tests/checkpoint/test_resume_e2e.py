@@ -41,7 +41,8 @@ def runs(tmp_path_factory):
         2, _args(base, "stop", *save, "--set", "checkpoint.async_save=true", "--exit-interval", "10"), base))
     out["stop_latest"] = layout.read_latest(base / "save")
     out["resume"] = workers.pretrain(2, _args(base, "resume", *save, "--load", base / "save"), base,
-                                     env_extra={"ARIA_TRAIN_TEST_CKPT_KILL": "20:write"})
+                                     env_extra={"ARIA_TEST_FAULT": "ckpt-kill:20"},
+                                     script=workers.REPO / "tests" / "fault_driver.py")
     out["after_kill_listing"] = sorted(p.name for p in (base / "save").iterdir())
     out["after_kill_partial"] = sorted(p.name for p in layout.partial_dir(base / "save", 20).iterdir())
     out["after_kill_latest"] = layout.read_latest(base / "save")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from spawn_world import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 PRETRAIN = ROOT / "launch" / "pretrain.py"
-FAULT_DRIVER = Path(__file__).resolve().parent / "fault_driver.py"
+FAULT_DRIVER = Path(__file__).resolve().parents[1] / "fault_driver.py"
 # Runs start here, not in the repository, so their relative paths (data cache, default run
 # directories) stay out of the checkout; the data cache is shared by the session's runs.
 WORKDIR = Path(tempfile.mkdtemp(prefix="aria-ops-"))

@@ -5,7 +5,7 @@ layout of DESIGN.md: dense parameters replicated on every rank, routed experts s
 group; parameters are fp32 (the trainer runs bf16 autocast over fp32 parameters on GPU, so the
 bf16 weight copies autocast makes are counted with the activations); gradients in fp32 buffers;
 fp32 master weights and two AdamW moments sharded by ZeRO-1 (dense over the world, experts over
-their expert-data-parallel group), as aria_train.parallel.zero1 allocates them.
+their expert-data-parallel group), as aria_train.optim.zero1 allocates them.
 
 Activation memory per rank (`activation_memory`) is modelled tensor by tensor below; on CPU it is
 checked against the profiler's allocator peak (tests/longctx/test_memory_estimator.py).

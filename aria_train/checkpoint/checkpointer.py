@@ -251,7 +251,7 @@ class Checkpointer:
                        f"this run uses {self.cfg.model.rope_base:g}")
 
         if not load_optim:
-            ckpt_state.reset_optimizer_from_model(optimizer, model)
+            optimizer.reset_from_model()
             self._info(f"loaded weights from {path} (iteration {meta.get('iteration')}{reshard}); "
                        f"optimizer, step and data start fresh")
             return None
@@ -332,7 +332,7 @@ class Checkpointer:
 
     @staticmethod
     def _loaded_flat(entries: dict, template: dict) -> dict:
-        from aria_train.optim.build import FlatShard
+        from aria_train.optim.flat_state import FlatShard
 
         out = {"format": template["format"], "step": int(entries[ckpt_state.OPTIM_STEP_KEY]), "state": {}}
         for name, per_state in template["state"].items():

@@ -15,7 +15,7 @@
     train.data                               the data iterator's state_dict() (pickled)
     rng.rank_00003                           python / numpy / torch / CUDA RNG of rank 3 (pickled)
 
-The optimizer's "aria-flat-v1" pieces (aria_train.optim.build.FlatShard) become DCP objects
+The optimizer's "aria-flat-v1" pieces (aria_train.optim.flat_state.FlatShard) become DCP objects
 here: a piece covering the whole parameter is a plain tensor (replicated copies are deduplicated
 by DCP), a partial one a 1-D ShardedTensor whose local shard is the piece. ShardedTensor insists
 that its metadata cover the full tensor, so the rest is described by placeholder shards placed on
@@ -184,29 +184,6 @@ def local_tensors(value) -> list[torch.Tensor]:
     if hasattr(value, "local_shards"):
         return [shard.tensor for shard in sorted(value.local_shards(), key=lambda s: s.metadata.shard_offsets[0])]
     return [value]
-
-
-def reset_optimizer_from_model(optimizer, model: nn.Module) -> None:
-    """Weights-only load (--no-load-optim): the optimizer was built from the initial weights, so
-    point its fp32 master copies at the loaded weights; moments and step stay fresh (zero)."""
-    from aria_train.optim.build import FlatShard, copy_overlap
-
-    flat = optimizer.sharded_state_dict()
-    params = dict(model.named_parameters())
-    experts = {}
-    for module_name, module in expert_modules(model).items():
-        for param_name, _ in module.named_parameters(recurse=False):
-            experts[f"{module_name}.{param_name}" if module_name else param_name] = module.first_expert
-    with torch.no_grad():
-        for name, per_state in flat["state"].items():
-            param = params[name]
-            first = experts.get(name, 0)
-            offset = first * (param[0].numel() if name in experts else 0)
-            source = FlatShard(tuple(param.shape), offset, param.detach().reshape(-1))
-            for piece in _pieces(per_state["master"]):
-                if piece.local.numel():
-                    copy_overlap(piece.local.view(-1), piece.offset, source)
-    optimizer.load_sharded_state_dict(flat)
 
 
 # ---- RNG --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Gradients: summed at finish_grad_sync, dense parameters over the world and route
 parameters over their expert-data-parallel group (one flat all-reduce each). The parameters are
 the fp32 master weights; the update is torch.optim.AdamW (decoupled weight decay), with weight
 decay only where the parameter rule says so (default: matrices, not norms). State dict: the
-"aria-flat-v1" format of aria_train.optim.build, with whole tensors.
+"aria-flat-v1" format of aria_train.optim.flat_state, with whole tensors.
 """
 
 from __future__ import annotations
@@ -18,15 +18,8 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from aria_train.config.schema import OptimizerConfig
-from aria_train.optim.build import (
-    STATE_FORMAT,
-    FlatShard,
-    ParamRule,
-    check_format,
-    clip_coefficient,
-    collect_params,
-    copy_overlap,
-)
+from aria_train.optim.clip import clip_coefficient
+from aria_train.optim.flat_state import STATE_FORMAT, FlatShard, ParamRule, check_format, collect_params, copy_overlap
 
 
 class ReplicatedAdamW:
@@ -94,11 +87,11 @@ class ReplicatedAdamW:
         self.step_count += 1
         return norm
 
-    def state_dict(self) -> dict:
-        return self.sharded_state_dict()
+    def reset_from_model(self) -> None:
+        """Nothing to do: the fp32 parameters are the master weights."""
 
-    def load_state_dict(self, state: dict) -> None:
-        self.load_sharded_state_dict(state)
+    def close(self) -> None:
+        """Nothing registered on the model."""
 
     def state_bytes(self) -> int:
         """exp_avg + exp_avg_sq; the fp32 parameters double as master weights (not counted)."""

@@ -7,7 +7,7 @@ a 100K vocabulary the full logits would be 26 GB in fp32).
 Normalisation: the global loss of a step is the mean over every loss-carrying token of the
 global batch, plus the balance losses averaged over micro-batches and ranks. Each rank's local
 loss is scaled so that the SUM over ranks and micro-batches is that global loss; gradients are
-then summed across ranks (aria_train.optim.base).
+then summed across ranks (aria_train.optim.protocol).
 """
 
 import torch

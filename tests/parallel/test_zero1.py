@@ -14,7 +14,7 @@ from dist_utils import run_world  # noqa: E402
 
 from aria_train.optim.replicated import ReplicatedAdamW  # noqa: E402
 from aria_train.parallel.groups import ParallelGroups  # noqa: E402
-from aria_train.parallel.zero1 import Zero1Optimizer  # noqa: E402
+from aria_train.optim.zero1 import Zero1Optimizer  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["zero1", "replicated"])

@@ -138,7 +138,7 @@ def _alltoall_case(rank: int, world: int, ep: int, case: str) -> None:
 from dist_utils import make_batches, micro_loss, tiny_config  # noqa: E402
 
 from aria_train.model.decoder import build_model  # noqa: E402
-from aria_train.optim.build import FlatShard  # noqa: E402
+from aria_train.optim.flat_state import FlatShard  # noqa: E402
 
 STEPS, N_MICRO, BATCH, SEQ = 5, 2, 2, 8
 
@@ -217,7 +217,7 @@ def full_state(opt) -> dict:
     """Gathers every rank's FlatShards into full tensors: {name: {key: tensor of global shape}}."""
     local = {
         name: {key: (piece.global_shape, piece.offset, piece.local.detach().clone()) for key, piece in per.items()}
-        for name, per in opt.state_dict()["state"].items()
+        for name, per in opt.sharded_state_dict()["state"].items()
     }
     everyone = [None] * dist.get_world_size() if dist.is_initialized() else [local]
     if dist.is_initialized():
@@ -275,7 +275,7 @@ def optimizer_worker(rank: int, world: int, cases: list, out_dir: str, bucket_mb
 def _optimizer_case(rank: int, world: int, ep: int, kind: str, out_dir: str, bucket_mb: float) -> None:
     from aria_train.optim.build import build_optimizer
     from aria_train.optim.replicated import ReplicatedAdamW
-    from aria_train.parallel.zero1 import Zero1Optimizer
+    from aria_train.optim.zero1 import Zero1Optimizer
 
     ref = torch.load(f"{out_dir}/ref.pt")
     groups = init_parallel_groups(ep)
@@ -341,10 +341,10 @@ def _optimizer_case(rank: int, world: int, ep: int, kind: str, out_dir: str, buc
         fresh = Zero1Optimizer(fresh_model, opt_config(), groups, bucket_size_mb=bucket_mb * 3.7)
     else:
         fresh = ReplicatedAdamW(fresh_model, opt_config(), groups)
-    fresh.load_state_dict(as_flat_state(full, opt.step_count))
+    fresh.load_sharded_state_dict(as_flat_state(full, opt.step_count))
     for name, p in fresh_model.named_parameters():
         torch.testing.assert_close(p, model.get_parameter(name), atol=0, rtol=0)
-    for name, per in fresh.state_dict()["state"].items():
+    for name, per in fresh.sharded_state_dict()["state"].items():
         for key, piece in per.items():
             expected = full[name][key].reshape(-1)[piece.offset : piece.offset + piece.local.numel()]
             torch.testing.assert_close(piece.local, expected, atol=0, rtol=0)
@@ -354,7 +354,7 @@ def _optimizer_case(rank: int, world: int, ep: int, kind: str, out_dir: str, buc
 def unused_param_worker(rank: int, world: int) -> None:
     """Rank 1 never uses `b`, and the two ranks finish their buckets in different orders: the
     collectives still match and the result is the summed gradient."""
-    from aria_train.parallel.zero1 import Zero1Optimizer
+    from aria_train.optim.zero1 import Zero1Optimizer
 
     groups = init_parallel_groups(1)
     torch.manual_seed(0)

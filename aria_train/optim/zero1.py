@@ -14,10 +14,7 @@ Layout
     splits evenly: rank r of the group owns elements [r * S, (r + 1) * S) of the bucket.
   * Each rank keeps, for its shards only, fp32 master weights and AdamW's exp_avg and exp_avg_sq.
 
-Step protocol (see aria_train.optim.base):
-  zero_grad -> for each micro-batch: begin_microbatch(is_last); forward; backward ->
-  finish_grad_sync -> step(lr)
-During the last micro-batch's backward a post-accumulate-grad hook counts the parameters of each
+Step protocol: see aria_train.optim.protocol. During the last micro-batch's backward a post-accumulate-grad hook counts the parameters of each
 bucket; when a bucket is complete its reduce-scatter (SUM, async) is issued. Buckets are issued
 strictly in one fixed order (the same on every rank, so the collectives match even when the
 autograd engine finishes them in a different order, or a parameter gets no gradient on some
@@ -31,13 +28,12 @@ once. Non-finite norm: no update, returns the norm. Otherwise clip as clip_grad_
 apply torch.optim.AdamW's single-tensor update (decoupled weight decay, bias corrections from
 python floats) to the shard, then all_gather_into_tensor the updated shards into the parameters.
 
-State dict: the "aria-flat-v1" format documented in aria_train.optim.build.
+State dict: the "aria-flat-v1" format documented in aria_train.optim.flat_state.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -45,62 +41,13 @@ import torch.distributed as dist
 from torch import nn
 
 from aria_train.config.schema import OptimizerConfig
-from aria_train.optim.build import (
-    STATE_FORMAT,
-    FlatShard,
-    ParamInfo,
-    ParamRule,
-    check_format,
-    clip_coefficient,
-    collect_params,
-    copy_overlap,
-)
-
-PAD_ELEMENTS = 16  # every shard is a multiple of this many elements (aligned starts on GPU)
+from aria_train.optim.clip import clip_coefficient
+from aria_train.optim.flat_state import STATE_FORMAT, FlatShard, ParamRule, check_format, collect_params, copy_overlap
+from aria_train.optim.zero1_buckets import Bucket, Entry, allocate_buffers, make_buckets
+from aria_train.parallel.groups import ParallelGroups
 
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
-@dataclass
-class _Entry:
-    info: ParamInfo
-    start: int  # offset inside the bucket
-    numel: int
-
-
-@dataclass
-class _Bucket:
-    index: int  # launch order
-    kind: str  # "dense" | "expert"
-    dtype: torch.dtype
-    group: Any
-    group_size: int
-    group_rank: int
-    entries: list[_Entry] = field(default_factory=list)
-    numel: int = 0  # unpadded
-    padded: int = 0
-    buffer_offset: int = 0  # start inside the kind's flat buffers
-    # set once the buffers exist
-    param_flat: Optional[torch.Tensor] = None  # [padded] view of the parameter buffer
-    grad_flat: Optional[torch.Tensor] = None  # [padded] view of the gradient buffer
-    grad_shard: Optional[torch.Tensor] = None  # [S] reduced gradient of this rank's shard
-    master: Optional[torch.Tensor] = None  # [S] fp32
-    exp_avg: Optional[torch.Tensor] = None
-    exp_avg_sq: Optional[torch.Tensor] = None
-    # (start, end, weight_decay, lr_scale) ranges of the shard, merged where options agree
-    segments: list = field(default_factory=list)
-    pending: int = 0
-    launched: bool = False
-    work: Any = None
-
-    @property
-    def shard_size(self) -> int:
-        return self.padded // self.group_size
-
-    @property
-    def shard_start(self) -> int:
-        return self.group_rank * self.shard_size
 
 
 class Zero1Optimizer:
@@ -108,7 +55,7 @@ class Zero1Optimizer:
         self,
         model: nn.Module,
         opt_cfg: OptimizerConfig,
-        groups: Any,
+        groups: ParallelGroups,
         bucket_size_mb: float = 4.0,
         param_rule: Optional[ParamRule] = None,
     ):
@@ -120,9 +67,9 @@ class Zero1Optimizer:
         self._is_last = False
         self._next_launch = 0
         self._synced = False
-        self.buckets = self._make_buckets(max(1, int(bucket_size_mb * 2**20)))
-        self._allocate()
-        self._bucket_of: dict[int, tuple[_Bucket, _Entry]] = {}
+        self.buckets = make_buckets(self.infos, groups, max(1, int(bucket_size_mb * 2**20)))
+        self._param_buffers, self._grad_buffers = allocate_buffers(self.buckets)
+        self._bucket_of: dict[int, tuple[Bucket, Entry]] = {}
         for bucket in self.buckets:
             for entry in bucket.entries:
                 self._bucket_of[id(entry.info.param)] = (bucket, entry)
@@ -131,87 +78,7 @@ class Zero1Optimizer:
         ]
         self.zero_grad()
 
-    # -- layout -----------------------------------------------------------------------------------
-    def _group_for(self, kind: str) -> tuple[Any, int, int]:
-        g = self.groups
-        if not self.distributed:
-            return None, 1, 0
-        if kind == "dense":
-            return g.world_group, g.world_size, g.rank
-        return g.edp_group, g.edp_size, g.edp_rank
-
-    def _make_buckets(self, bucket_bytes: int) -> list[_Bucket]:
-        open_buckets: dict[tuple[str, torch.dtype], _Bucket] = {}
-        closed: list[_Bucket] = []
-        for info in reversed(self.infos):
-            kind = "expert" if info.is_expert else "dense"
-            key = (kind, info.param.dtype)
-            bucket = open_buckets.get(key)
-            if bucket is None:
-                group, size, rank = self._group_for(kind)
-                bucket = open_buckets[key] = _Bucket(-1, kind, info.param.dtype, group, size, rank)
-            numel = info.param.numel()
-            bucket.entries.append(_Entry(info, bucket.numel, numel))
-            bucket.numel += numel
-            if bucket.numel * info.param.element_size() >= bucket_bytes:
-                closed.append(open_buckets.pop(key))
-        closed.extend(open_buckets.values())
-        for index, bucket in enumerate(closed):
-            bucket.index = index
-            multiple = bucket.group_size * PAD_ELEMENTS
-            bucket.padded = math.ceil(bucket.numel / multiple) * multiple
-        return closed
-
-    @torch.no_grad()
-    def _allocate(self) -> None:
-        by_key: dict[tuple[str, torch.dtype], list[_Bucket]] = {}
-        for bucket in self.buckets:
-            by_key.setdefault((bucket.kind, bucket.dtype), []).append(bucket)
-        self._param_buffers, self._grad_buffers = [], []
-        for (kind, dtype), buckets in by_key.items():
-            device = buckets[0].entries[0].info.param.device
-            total = 0
-            for bucket in buckets:
-                bucket.buffer_offset = total
-                total += bucket.padded
-            param_buffer = torch.zeros(total, dtype=dtype, device=device)
-            grad_buffer = torch.zeros(total, dtype=dtype, device=device)
-            self._param_buffers.append(param_buffer)
-            self._grad_buffers.append(grad_buffer)
-            for bucket in buckets:
-                lo, hi = bucket.buffer_offset, bucket.buffer_offset + bucket.padded
-                bucket.param_flat, bucket.grad_flat = param_buffer[lo:hi], grad_buffer[lo:hi]
-                for entry in bucket.entries:
-                    param = entry.info.param
-                    view = bucket.param_flat[entry.start : entry.start + entry.numel].view_as(param)
-                    view.copy_(param.data)
-                    param.data = view
-                s0, size = bucket.shard_start, bucket.shard_size
-                bucket.master = bucket.param_flat[s0 : s0 + size].to(torch.float32, copy=True)
-                bucket.exp_avg = torch.zeros(size, dtype=torch.float32, device=device)
-                bucket.exp_avg_sq = torch.zeros(size, dtype=torch.float32, device=device)
-                if bucket.group_size > 1:
-                    bucket.grad_shard = torch.zeros(size, dtype=dtype, device=device)
-                else:
-                    bucket.grad_shard = bucket.grad_flat  # nothing to reduce: the buffer is the shard
-                bucket.segments = self._segments(bucket)
-
-    @staticmethod
-    def _segments(bucket: _Bucket) -> list:
-        s0, s1 = bucket.shard_start, bucket.shard_start + bucket.shard_size
-        segments: list = []
-        for entry in bucket.entries:
-            lo, hi = max(s0, entry.start), min(s1, entry.start + entry.numel)
-            if hi <= lo:
-                continue
-            opts = (entry.info.weight_decay, entry.info.lr_scale)
-            if segments and segments[-1][1] == lo - s0 and segments[-1][2:] == opts:
-                segments[-1] = (segments[-1][0], hi - s0) + opts
-            else:
-                segments.append((lo - s0, hi - s0) + opts)
-        return segments
-
-    def _grad_view(self, bucket: _Bucket, entry: _Entry) -> torch.Tensor:
+    def _grad_view(self, bucket: Bucket, entry: Entry) -> torch.Tensor:
         return bucket.grad_flat[entry.start : entry.start + entry.numel].view_as(entry.info.param)
 
     # -- gradients --------------------------------------------------------------------------------
@@ -368,7 +235,7 @@ class Zero1Optimizer:
 
     @torch.no_grad()
     def load_sharded_state_dict(self, state: dict) -> None:
-        """Fills this rank's shards from `state` (any layout of FlatShards; see optim.build), then
+        """Fills this rank's shards from `state` (any layout of FlatShards; see optim.flat_state), then
         writes the loaded master weights into the parameters (all-gather)."""
         check_format(state)
         for info, bucket, lo, hi, offset in self._pieces():
@@ -383,15 +250,10 @@ class Zero1Optimizer:
         self.step_count = int(state["step"])
         self._gather_params()
 
-    def state_dict(self) -> dict:
-        return self.sharded_state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.load_sharded_state_dict(state)
-
     @torch.no_grad()
-    def reload_master_from_params(self) -> None:
-        """After loading model weights without optimizer state: master shards := parameters."""
+    def reset_from_model(self) -> None:
+        """After a weights-only load into the parameters (views of the parameter buffers): the
+        master shards take the loaded values; moments and step stay as they are."""
         for bucket in self.buckets:
             s0 = bucket.shard_start
             bucket.master.copy_(bucket.param_flat[s0 : s0 + bucket.shard_size])

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from aria_train.config.schema import ModelConfig
-from aria_train.moe.experts import expert_parameter_names
+from aria_train.moe.experts import expert_parameter_layouts
+from aria_train.moe.layout import ExpertLayout
 
 GIB = 1024**3
 
@@ -39,7 +40,7 @@ class ParameterCounts:
 
 
 def count_parameters(model: nn.Module, cfg: ModelConfig) -> ParameterCounts:
-    expert_names = expert_parameter_names(model)
+    expert_names = expert_parameter_layouts(model)
     total = routed = embeddings = 0
     for name, param in model.named_parameters():
         total += param.numel()
@@ -67,7 +68,8 @@ def memory_per_rank(
     optimizer_bytes: int = 12, zero1: bool = True,
 ) -> RankMemory:
     """Bytes one rank holds. fp32 parameters, fp32 gradient buffers, and fp32 master + exp_avg +
-    exp_avg_sq (12 bytes) by default."""
+    exp_avg_sq (12 bytes) by default. Each rank holds 1/ep_size of every layer's routed experts
+    (ExpertLayout)."""
     local_experts = counts.routed_experts / ep_size
     local_params = counts.dense + local_experts
     edp_size = world_size // ep_size
@@ -159,7 +161,7 @@ class ActivationEstimate:
         return max(self.phases.values())
 
 
-def _layer_terms(cfg: ModelConfig, tokens: int, seq: int, micro_batch: int, ep_size: int, bf16: bool,
+def _layer_terms(cfg: ModelConfig, tokens: int, seq: int, micro_batch: int, experts: ExpertLayout, bf16: bool,
                  attention: str, expert_imbalance: float) -> dict:
     """Bytes one decoder layer saves for backward without checkpointing, by tensor group."""
     moe = cfg.moe
@@ -167,7 +169,7 @@ def _layer_terms(cfg: ModelConfig, tokens: int, seq: int, micro_batch: int, ep_s
     inner = heads * cfg.head_dim
     E, k, I = moe.num_experts, moe.top_k, moe.expert_ffn_size
     shared_width = moe.num_shared_experts * I
-    local_experts = E // ep_size
+    local_experts = experts.num_local_experts
     N = T * k  # dispatched rows on this rank (dropless, uniform over EP ranks)
     padded = local_experts * math.ceil(expert_imbalance * N / local_experts)
     a = 2 if bf16 else 4  # bytes of a linear's output
@@ -182,7 +184,7 @@ def _layer_terms(cfg: ModelConfig, tokens: int, seq: int, micro_batch: int, ep_s
     t["moe_norm"] = 4 * T + 4 * T * H
     t["moe_norm_out"] = 3 * 2 * T * H if bf16 else 4 * T * H  # router, shared gate, shared up
     t["router"] = 4 * T * E * 2 + 4 * T + 8 * T * k + 4 * T * k + (2 * T * k if bf16 else 0)
-    t["dispatch_index"] = 8 * N * (4 if ep_size > 1 else 2) + 8 * N * 2  # + padded-bmm row maps
+    t["dispatch_index"] = 8 * N * (4 if experts.ep_size > 1 else 2) + 8 * N * 2  # + padded-bmm row maps
     t["expert_rows_in"] = 4 * N * H  # index_select of the fp32 norm output; index_copy keeps it
     t["expert_padded_in"] = a * padded * H
     t["expert_gate_up"] = a * N * 2 * I
@@ -195,12 +197,12 @@ def _layer_terms(cfg: ModelConfig, tokens: int, seq: int, micro_batch: int, ep_s
     return t
 
 
-def _layer_weight_params(cfg: ModelConfig, ep_size: int) -> int:
+def _layer_weight_params(cfg: ModelConfig, experts: ExpertLayout) -> int:
     moe = cfg.moe
     inner = cfg.num_heads * cfg.head_dim
     shared_width = moe.num_shared_experts * moe.expert_ffn_size
     return (4 * cfg.hidden_size * inner + moe.num_experts * cfg.hidden_size + 3 * cfg.hidden_size * shared_width
-            + (moe.num_experts // ep_size) * 3 * cfg.hidden_size * moe.expert_ffn_size)
+            + experts.num_local_experts * 3 * cfg.hidden_size * moe.expert_ffn_size)
 
 
 def activation_memory(
@@ -214,8 +216,9 @@ def activation_memory(
     bf16 = precision == "bf16"
     T, H, V = micro_batch * seq_length, cfg.hidden_size, cfg.vocab_size
     L = cfg.num_layers
-    full_layer = _layer_terms(cfg, T, seq_length, micro_batch, ep_size, bf16, attention, expert_imbalance)
-    copies_per_layer = 2 * _layer_weight_params(cfg, ep_size) if bf16 else 0
+    experts = ExpertLayout(cfg.moe.num_experts, ep_size)
+    full_layer = _layer_terms(cfg, T, seq_length, micro_batch, experts, bf16, attention, expert_imbalance)
+    copies_per_layer = 2 * _layer_weight_params(cfg, experts) if bf16 else 0
     attn_copies = 2 * 4 * H * cfg.num_heads * cfg.head_dim if bf16 else 0
     if mode == "none":
         per_layer = dict(full_layer, weight_copies=copies_per_layer)
@@ -250,7 +253,7 @@ def activation_memory(
     layer_backward_ws = 1.25 * (2 if bf16 else 4) * T * cfg.moe.top_k * H
     # autocast caches the casts it makes of leaf weights until the region exits; w_down's copy is
     # an explicit .to() in grouped_matmul (its input is already bf16), so only saved tensors keep it
-    w_down_copy = 2 * (cfg.moe.num_experts // ep_size) * cfg.moe.expert_ffn_size * H if bf16 else 0
+    w_down_copy = 2 * experts.num_local_experts * cfg.moe.expert_ffn_size * H if bf16 else 0
     all_copies = L * (copies_per_layer - w_down_copy) + (2 * V * H if bf16 else 0)
     phases = {
         "end of forward": saved + loss_forward + max(0, all_copies - L * per_layer.get("weight_copies", 0)),

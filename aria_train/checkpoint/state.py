@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aria_train.moe.experts import GroupedExperts
+from aria_train.moe.experts import expert_parameter_layouts
 
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."
@@ -55,25 +55,19 @@ def rng_key(rank: int) -> str:
 
 
 # ---- model ----------------------------------------------------------------------------------
-def expert_modules(model: nn.Module) -> dict[str, GroupedExperts]:
-    return {name: module for name, module in model.named_modules() if isinstance(module, GroupedExperts)}
-
-
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors under layout-independent keys. The values share storage with the
-    model, so a DCP load into them loads the model in place."""
-    expert_first: dict[str, int] = {}
-    for module_name, module in expert_modules(model).items():
-        for param_name, _ in module.named_parameters(recurse=False):
-            expert_first[f"{module_name}.{param_name}" if module_name else param_name] = module.first_expert
+    """The model's tensors under layout-independent keys (routed experts: one key per global
+    expert, from their ExpertLayout). The values share storage with the model, so a DCP load
+    into them loads the model in place."""
+    expert_layouts = expert_parameter_layouts(model)
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        if name in expert_first:
-            first = expert_first[name]
-            for local in range(tensor.shape[0]):
-                state[f"{MODEL_PREFIX}{name}.expert_{first + local}"] = tensor[local]
-        else:
+        layout = expert_layouts.get(name)
+        if layout is None:
             state[MODEL_PREFIX + name] = tensor
+            continue
+        for local in range(layout.num_local_experts):
+            state[f"{MODEL_PREFIX}{name}.expert_{layout.global_index(local)}"] = tensor[local]
     return state
 
 

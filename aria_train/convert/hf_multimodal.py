@@ -194,7 +194,7 @@ def save_hf_checkpoint(model: AriaForConditionalGeneration, directory, **text_ov
     from safetensors.torch import save_file
 
     for experts in model.expert_modules():
-        if experts.num_experts != model.cfg.moe.num_experts:
+        if experts.num_local_experts != experts.num_experts:
             raise ValueError("model holds an expert-parallel shard of the experts; gather them before saving")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

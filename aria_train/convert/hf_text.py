@@ -268,9 +268,9 @@ def save_hf_checkpoint(model: AriaForCausalLM, directory, **config_overrides) ->
 
     cfg = model.cfg
     for experts in model.expert_modules():
-        if experts.num_experts != cfg.moe.num_experts:
+        if experts.num_local_experts != experts.num_experts:
             raise ValueError(
-                f"model holds {experts.num_experts} of {cfg.moe.num_experts} experts per layer "
+                f"model holds {experts.num_local_experts} of {experts.num_experts} experts per layer "
                 "(expert-parallel shard); gather the experts before saving"
             )
     cfg = dataclasses.replace(cfg, rope_base=model.rope.base)  # what the model actually computes with

@@ -36,7 +36,7 @@ from aria_train.config.schema import ModelConfig
 from aria_train.model.attention import Attention
 from aria_train.model.norm import RMSNorm
 from aria_train.model.rope import RotaryEmbedding
-from aria_train.moe.experts import GroupedExperts
+from aria_train.moe.experts import GroupedExperts, expert_parameter_layouts
 from aria_train.moe.layer import MoELayer
 
 
@@ -107,20 +107,16 @@ class AriaForCausalLM(nn.Module):
         """
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.num_layers)
-        first_expert = {
-            f"{module_name}.{param_name}": module.first_expert
-            for module_name, module in self.named_modules()
-            if isinstance(module, GroupedExperts)
-            for param_name in ("w_gate_up", "w_down")
-        }
+        expert_layouts = expert_parameter_layouts(self)
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
                 continue
             scale = out_std if name.endswith(("o_proj.weight", "down_proj.weight", "w_down")) else std
-            if name in first_expert:
-                for i in range(param.shape[0]):
-                    _seeded_normal_(param[i], scale, seed, f"{name}[{first_expert[name] + i}]")
+            if name in expert_layouts:
+                layout = expert_layouts[name]
+                for i in range(layout.num_local_experts):
+                    _seeded_normal_(param[i], scale, seed, f"{name}[{layout.global_index(i)}]")
             else:
                 _seeded_normal_(param, scale, seed, name)
         self.rope.reset_parameters()

@@ -1,11 +1,10 @@
-"""Moves routed assignments to the ranks that hold their experts and back (expert parallelism).
+"""The communication of expert parallelism: routed rows to the ranks that hold their experts and
+back (a TokenDispatcher, aria_train.moe.dispatcher, which does the local sorting and combining).
 
-Same interface as LocalDispatcher. With EP size e and E global experts, rank `ep_rank` of the EP
-group holds experts [ep_rank * E/e, (ep_rank + 1) * E/e).
-
-dispatch(x [T, H], top_experts [T, k] global ids, keep):
-  1. sort the kept assignments by global expert (stable). Because experts are laid out by rank,
-     this also groups them by destination rank;
+The experts are split by ExpertLayout: rank `ep_rank` of the EP group holds the e = E / ep_size
+experts [ep_rank * e, (ep_rank + 1) * e). Dispatch:
+  1. (shared) sort the kept assignments by global expert (stable). Because experts are laid out
+     by rank, this also groups them by destination rank;
   2. exchange per-expert counts with one all_to_all of E integers: rank r learns how many rows
      each source sends to each of its local experts. Reading the counts (`tolist`) is the one
      host synchronisation of the layer on GPU;
@@ -13,8 +12,8 @@ dispatch(x [T, H], top_experts [T, k] global ids, keep):
      all_to_all);
   4. received rows arrive ordered (source rank, local expert); a stable sort puts them in local
      expert order for the grouped GEMM. Returns counts per local expert.
-combine(expert_output, top_weights, handle) undoes 4, 3 and 1: un-sort, all_to_all back,
-write each row into its (token, slot) place with unique indices, weight and sum over k.
+Combine undoes 4 and 3 (un-sort, all_to_all back); the shared part writes each row into its
+(token, slot) place with unique indices, weights and sums over k.
 
 Every rank of the EP group must call dispatch/combine (and run backward) for every layer, even
 with zero tokens; zero rows in either direction are fine. The input `x` must require grad on all
@@ -24,12 +23,13 @@ ranks or on none, or the backward collectives would not match.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from aria_train.moe.dispatcher import slots_by_expert
+from aria_train.moe.dispatcher import TokenDispatcher
+from aria_train.moe.layout import ExpertLayout
 
 
 def _all_to_all(x: torch.Tensor, output_splits: list[int], input_splits: list[int], group: Any) -> torch.Tensor:
@@ -60,63 +60,44 @@ def all_to_all(x: torch.Tensor, output_splits: list[int], input_splits: list[int
 
 
 @dataclass
-class AllToAllDispatchHandle:
-    kept_slots: torch.Tensor  # [N_send] flat (token * k + slot) index of each sent row, in send order
-    num_slots: int  # T * k
+class AllToAllExchange:
+    """How the rows travelled, for the way back."""
+
     input_splits: list[int]  # rows sent to each EP rank
     output_splits: list[int]  # rows received from each EP rank
     unsort: torch.Tensor  # [N_recv] position in local-expert order of each row in receive order
 
 
-class AllToAllDispatcher:
-    def __init__(self, num_experts_global: int, ep_group: Any):
-        self.num_experts = num_experts_global
+class AllToAllDispatcher(TokenDispatcher):
+    """Expert parallelism: rows go to the EP rank holding their expert and come back."""
+
+    def __init__(self, layout: ExpertLayout, ep_group: Any):
+        super().__init__(layout.num_experts)
+        if dist.get_world_size(ep_group) != layout.ep_size:
+            raise ValueError(f"EP group of {dist.get_world_size(ep_group)} ranks for a layout of {layout.ep_size}")
+        self.layout = layout
         self.group = ep_group
-        self.ep_size = dist.get_world_size(ep_group)
-        if num_experts_global % self.ep_size != 0:
-            raise ValueError(f"EP size {self.ep_size} does not divide the expert count {num_experts_global}")
-        self.num_local_experts = num_experts_global // self.ep_size
 
-    def dispatch(
-        self, x: torch.Tensor, top_experts: torch.Tensor, keep: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor, AllToAllDispatchHandle]:
-        """x: [T, H]; top_experts: [T, k] global ids; keep: [T, k] bool (None = dropless).
-
-        Returns expert_input [N_recv, H] sorted by local expert, counts [E_local], and the handle.
-        """
-        ep, local = self.ep_size, self.num_local_experts
-        top_k = top_experts.shape[1]
-        flat_experts = top_experts.reshape(-1)
-        kept_slots = slots_by_expert(flat_experts, keep)
-        send_counts = torch.bincount(flat_experts[kept_slots], minlength=self.num_experts)  # [E]
-        # recv_counts[src * local + j]: rows source `src` sends to my local expert j.
-        recv_counts = _all_to_all(send_counts, [local] * ep, [local] * ep, self.group)
-        splits = torch.stack((send_counts.view(ep, local).sum(1), recv_counts.view(ep, local).sum(1)))
+    def _exchange(self, rows_NH, counts_E):
+        ep, local = self.layout.ep_size, self.layout.num_local_experts
+        # recv_counts[src * e + j]: rows source `src` sends to my local expert j.
+        recv_counts = _all_to_all(counts_E, [local] * ep, [local] * ep, self.group)
+        splits = torch.stack((counts_E.view(ep, local).sum(1), recv_counts.view(ep, local).sum(1)))
         recv_per_source_expert = recv_counts.view(ep, local)
         splits_host, recv_host = splits.tolist(), recv_per_source_expert.tolist()  # the host sync
         input_splits, output_splits = splits_host
-        rows = x.index_select(0, torch.div(kept_slots, top_k, rounding_mode="floor"))
-        received = all_to_all(rows, output_splits, input_splits, self.group)
+        received = all_to_all(rows_NH, output_splits, input_splits, self.group)
         # local expert of each received row, in receive order (source-major)
-        counts_flat = torch.tensor(sum(recv_host, []), dtype=torch.long, device=x.device)
-        local_ids = torch.arange(local, device=x.device).repeat(ep)
+        device = rows_NH.device
+        counts_flat = torch.tensor(sum(recv_host, []), dtype=torch.long, device=device)
+        local_ids = torch.arange(local, device=device).repeat(ep)
         expert_of_row = torch.repeat_interleave(local_ids, counts_flat, output_size=sum(output_splits))
         sort_order = torch.argsort(expert_of_row, stable=True)  # receive position of each sorted row
         unsort = torch.empty_like(sort_order)
-        unsort[sort_order] = torch.arange(sort_order.numel(), device=x.device)
-        expert_input = received.index_select(0, sort_order)
-        counts = recv_per_source_expert.sum(0)  # [E_local]
-        handle = AllToAllDispatchHandle(kept_slots, flat_experts.numel(), input_splits, output_splits, unsort)
-        return expert_input, counts, handle
+        unsort[sort_order] = torch.arange(sort_order.numel(), device=device)
+        counts_e = recv_per_source_expert.sum(0)
+        return received.index_select(0, sort_order), counts_e, AllToAllExchange(input_splits, output_splits, unsort)
 
-    def combine(
-        self, expert_output: torch.Tensor, top_weights: torch.Tensor, handle: AllToAllDispatchHandle
-    ) -> torch.Tensor:
-        """expert_output: [N_recv, H] in local-expert order; top_weights: [T, k] -> [T, H]"""
-        num_tokens, top_k = top_weights.shape
-        received_order = expert_output.index_select(0, handle.unsort)
-        returned = all_to_all(received_order, handle.input_splits, handle.output_splits, self.group)
-        slots = returned.new_zeros(handle.num_slots, returned.shape[-1])
-        slots = slots.index_copy(0, handle.kept_slots, returned)  # dropped slots stay zero
-        slots = slots.view(num_tokens, top_k, returned.shape[-1])  # explicit: T may be 0
-        return (slots * top_weights.unsqueeze(-1).to(slots.dtype)).sum(dim=1)
+    def _return(self, expert_output, exchange: AllToAllExchange):
+        received_order = expert_output.index_select(0, exchange.unsort)
+        return all_to_all(received_order, exchange.input_splits, exchange.output_splits, self.group)

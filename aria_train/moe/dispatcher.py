@@ -1,15 +1,30 @@
-"""Moves routed assignments to their experts and back, on one rank.
+"""Moving routed assignments to their experts and back: the TokenDispatcher contract.
 
-A token routed to k experts makes k assignments. `dispatch` sorts the kept assignments by
-expert so the experts see contiguous rows; `combine` puts each expert output back into its
-(token, slot) place and sums the k slots weighted by the router. Every write goes through
-unique indices, so the result is deterministic on every device.
+A token routed to k experts makes k assignments, its (token, slot) pairs. Every dispatcher does
+the same local work and differs only in communication (as megatron-core's token dispatchers
+separate the two):
 
-The expert-parallel dispatcher (aria_train.moe.alltoall) has the same two methods.
+  dispatch(x_TH, top_experts_TK, keep_TK) -> (expert_input_NH, counts_e, handle)
+    local:  sort the kept assignments by global expert (stable: token order within an expert),
+            gather their rows of x, count them per global expert;
+    comm:   `_exchange` brings every row to the rank holding its expert and returns them sorted
+            by local expert, with the rows per local expert;
+  combine(expert_output_NH, top_weights_TK, handle) -> y_TH
+    comm:   `_return` sends every expert output back to the rank and position it came from
+            (dispatch order);
+    local:  write each row into its (token, slot) place, weight by the router and sum over k.
+Every write goes through unique indices, so the result is deterministic on every device.
+Dropped assignments (keep False) contribute zero. T may be 0 (no tokens on this rank).
+
+Implementations: LocalDispatcher (one rank holds every expert: no communication) and
+AllToAllDispatcher (aria_train.moe.alltoall: expert parallelism over all_to_all).
 """
 
+from __future__ import annotations
+
+import abc
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -24,35 +39,63 @@ def slots_by_expert(flat_experts: torch.Tensor, keep: Optional[torch.Tensor]) ->
 
 
 @dataclass
-class LocalDispatchHandle:
-    kept_slots: torch.Tensor  # [N] flat (token * k + slot) index of each row, in expert order
+class DispatchHandle:
+    """What combine needs to undo a dispatch."""
+
+    kept_slots: torch.Tensor  # [N_sent] flat (token * k + slot) index of each row, in global-expert order
     num_slots: int  # T * k
+    exchange: Any = None  # the communication's own record (None when there was none)
 
 
-class LocalDispatcher:
+class TokenDispatcher(abc.ABC):
+    """Dispatch and combine; subclasses implement only the communication."""
+
     def __init__(self, num_experts: int):
-        self.num_experts = num_experts
+        self.num_experts = num_experts  # E, global
 
     def dispatch(
-        self, x: torch.Tensor, top_experts: torch.Tensor, keep: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor, LocalDispatchHandle]:
-        """x: [T, H]; top_experts: [T, k]; keep: [T, k] bool (None = dropless).
-
-        Returns expert_input [N, H] sorted by expert, counts [E], and the handle for `combine`.
-        """
-        top_k = top_experts.shape[1]
-        flat_experts = top_experts.reshape(-1)
-        kept_slots = slots_by_expert(flat_experts, keep)
-        counts = torch.bincount(flat_experts[kept_slots], minlength=self.num_experts)
-        expert_input = x.index_select(0, torch.div(kept_slots, top_k, rounding_mode="floor"))
-        return expert_input, counts, LocalDispatchHandle(kept_slots, flat_experts.numel())
+        self, x_TH: torch.Tensor, top_experts_TK: torch.Tensor, keep_TK: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, DispatchHandle]:
+        """x_TH: [T, H]; top_experts_TK: [T, k] global expert ids; keep_TK: [T, k] bool (None =
+        dropless) -> expert_input [N, H] sorted by local expert, counts [e] rows per local
+        expert, and the handle for `combine`."""
+        top_k = top_experts_TK.shape[1]
+        flat_experts = top_experts_TK.reshape(-1)
+        kept_slots = slots_by_expert(flat_experts, keep_TK)
+        rows_NH = x_TH.index_select(0, torch.div(kept_slots, top_k, rounding_mode="floor"))
+        counts_E = torch.bincount(flat_experts[kept_slots], minlength=self.num_experts)
+        expert_input, counts_e, exchange = self._exchange(rows_NH, counts_E)
+        return expert_input, counts_e, DispatchHandle(kept_slots, flat_experts.numel(), exchange)
 
     def combine(
-        self, expert_output: torch.Tensor, top_weights: torch.Tensor, handle: LocalDispatchHandle
+        self, expert_output: torch.Tensor, top_weights_TK: torch.Tensor, handle: DispatchHandle
     ) -> torch.Tensor:
-        """expert_output: [N, H] in dispatch order; top_weights: [T, k] -> [T, H]"""
-        num_tokens, top_k = top_weights.shape
-        slots = expert_output.new_zeros(handle.num_slots, expert_output.shape[-1])
-        slots = slots.index_copy(0, handle.kept_slots, expert_output)  # dropped slots stay zero
-        slots = slots.view(num_tokens, top_k, expert_output.shape[-1])  # explicit: T may be 0
-        return (slots * top_weights.unsqueeze(-1).to(slots.dtype)).sum(dim=1)
+        """expert_output: [N, H] in the order dispatch returned; top_weights_TK: [T, k] -> [T, H]"""
+        num_tokens, top_k = top_weights_TK.shape
+        returned_NH = self._return(expert_output, handle.exchange)
+        hidden = returned_NH.shape[-1]
+        slots = returned_NH.new_zeros(handle.num_slots, hidden)
+        slots = slots.index_copy(0, handle.kept_slots, returned_NH)  # dropped slots stay zero
+        slots_TKH = slots.view(num_tokens, top_k, hidden)  # explicit: T may be 0
+        return (slots_TKH * top_weights_TK.unsqueeze(-1).to(slots_TKH.dtype)).sum(dim=1)
+
+    @abc.abstractmethod
+    def _exchange(self, rows_NH: torch.Tensor, counts_E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """rows_NH: this rank's kept rows sorted by global expert; counts_E: [E] rows per global
+        expert -> (the rows this rank's experts process, sorted by local expert; counts [e];
+        the record `_return` needs)."""
+
+    @abc.abstractmethod
+    def _return(self, expert_output: torch.Tensor, exchange: Any) -> torch.Tensor:
+        """The inverse of `_exchange`: expert outputs back to their rows' rank, in the order
+        `_exchange` received them (global-expert order)."""
+
+
+class LocalDispatcher(TokenDispatcher):
+    """One rank holds every expert: rows stay where they are."""
+
+    def _exchange(self, rows_NH, counts_E):
+        return rows_NH, counts_E, None
+
+    def _return(self, expert_output, exchange):
+        return expert_output

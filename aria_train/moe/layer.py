@@ -2,8 +2,8 @@
 shared experts that every token passes through.
 
 The layer is written for one rank holding every expert. Expert parallelism is applied from the
-outside (aria_train.parallel.expert_parallel): it slices `experts` to the rank's share and swaps
-`dispatcher` for the all-to-all one; nothing here changes.
+outside (aria_train.parallel.expert_parallel): it slices `experts` to the rank's share (an
+ExpertLayout) and swaps `dispatcher` for the all-to-all one; nothing here changes.
 """
 
 from dataclasses import dataclass
@@ -12,19 +12,20 @@ import torch
 from torch import nn
 
 from aria_train.config.schema import MoEConfig
-from aria_train.model.mlp import SwiGLU
 from aria_train.moe.balance import group_load_balancing_loss, z_loss
 from aria_train.moe.capacity import capacity_keep_mask
-from aria_train.moe.dispatcher import LocalDispatcher
+from aria_train.moe.dispatcher import LocalDispatcher, TokenDispatcher
 from aria_train.moe.experts import GroupedExperts
+from aria_train.moe.layout import ExpertLayout
 from aria_train.moe.router import TopKRouter
+from aria_train.nn.swiglu import SwiGLU
 
 
 @dataclass
 class RouterStats:
     """What the router did in one layer, for monitoring (all detached, this rank's tokens)."""
 
-    tokens_per_expert: torch.Tensor  # [E] routed assignments before any drop
+    tokens_per_expert: torch.Tensor  # [E] routed assignments (global experts) before any drop
     dropped: torch.Tensor  # scalar, assignments dropped by the capacity limit
     logsumexp_mean: torch.Tensor  # scalar, mean router logsumexp ("router z")
     entropy_mean: torch.Tensor  # scalar, mean entropy of the full router softmax
@@ -44,9 +45,9 @@ class MoELayer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.router = TopKRouter(hidden_size, cfg.num_experts, cfg.top_k)
-        self.experts = GroupedExperts(cfg.num_experts, hidden_size, cfg.expert_ffn_size)
+        self.experts = GroupedExperts(hidden_size, cfg.expert_ffn_size, ExpertLayout(cfg.num_experts))
         self.shared = SwiGLU(hidden_size, cfg.num_shared_experts * cfg.expert_ffn_size)
-        self.dispatcher = LocalDispatcher(cfg.num_experts)
+        self.dispatcher: TokenDispatcher = LocalDispatcher(cfg.num_experts)
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         """x: [T, H] -> MoEOutput"""

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from aria_train.config.schema import OptimizerConfig
-from aria_train.moe.experts import GroupedExperts
+from aria_train.moe.experts import expert_parameter_layouts
 
 STATE_FORMAT = "aria-flat-v1"
 STATE_KEYS = ("master", "exp_avg", "exp_avg_sq")
@@ -87,17 +87,11 @@ def default_param_rule(name: str, param: nn.Parameter) -> dict:
     return {"decay": param.ndim >= 2, "lr_scale": 1.0}
 
 
-def collect_params(
-    model: nn.Module, opt_cfg: OptimizerConfig, ep_size: int = 1, param_rule: Optional[ParamRule] = None
-) -> list[ParamInfo]:
-    """Trainable parameters in registration order with their global placement and options."""
+def collect_params(model: nn.Module, opt_cfg: OptimizerConfig, param_rule: Optional[ParamRule] = None) -> list[ParamInfo]:
+    """Trainable parameters in registration order with their global placement (routed experts:
+    from their ExpertLayout) and options."""
     rule = param_rule or default_param_rule
-    experts: dict[str, tuple[int, int]] = {}  # param name -> (first_expert, global experts)
-    for module_name, module in model.named_modules():
-        if isinstance(module, GroupedExperts):
-            for param_name, _ in module.named_parameters(recurse=False):
-                full = f"{module_name}.{param_name}" if module_name else param_name
-                experts[full] = (module.first_expert, module.num_experts * ep_size)
+    experts = expert_parameter_layouts(model)
     infos = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -105,9 +99,9 @@ def collect_params(
         options = {**default_param_rule(name, param), **(rule(name, param) or {})}
         wd = opt_cfg.weight_decay if options["decay"] else 0.0
         if name in experts:
-            first, total = experts[name]
-            global_shape = (total,) + tuple(param.shape[1:])
-            offset = first * math.prod(param.shape[1:])
+            layout = experts[name]
+            global_shape = (layout.num_experts,) + tuple(param.shape[1:])
+            offset = layout.first * math.prod(param.shape[1:])
         else:
             global_shape, offset = tuple(param.shape), 0
         infos.append(ParamInfo(name, param, name in experts, global_shape, offset, wd, float(options["lr_scale"])))

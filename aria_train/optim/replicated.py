@@ -29,8 +29,7 @@ class ReplicatedAdamW:
         self.cfg = opt_cfg
         self.groups = groups
         self.distributed = bool(groups is not None and groups.distributed)
-        ep_size = groups.ep_size if groups is not None else 1
-        self.infos = collect_params(model, opt_cfg, ep_size, param_rule)
+        self.infos = collect_params(model, opt_cfg, param_rule)
         param_groups: dict[tuple[float, float], list] = {}
         for info in self.infos:
             param_groups.setdefault((info.weight_decay, info.lr_scale), []).append(info.param)

@@ -62,7 +62,7 @@ class Zero1Optimizer:
         self.cfg = opt_cfg
         self.groups = groups
         self.distributed = bool(groups.distributed)
-        self.infos = collect_params(model, opt_cfg, groups.ep_size, param_rule)
+        self.infos = collect_params(model, opt_cfg, param_rule)
         self.step_count = 0
         self._is_last = False
         self._next_launch = 0

@@ -5,8 +5,8 @@ inside blocks of `ep_size` consecutive ranks, expert-data-parallel (EDP) across 
                      EDP groups [0 4] [1 5] [2 6] [3 7]   (ranks holding the same experts)
 
 Dense parameters are replicated on the world (gradients summed over it, optimizer state sharded
-over it); routed experts are split over the EP group (rank `ep_rank` holds experts
-[ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size)) and replicated over the EDP group.
+over it); routed experts are split over the EP group (`expert_layout`: rank `ep_rank` holds
+experts [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size)) and replicated over the EDP group.
 
 `init_parallel_groups` must be called by every rank after torch.distributed is initialised; it
 creates every EP group and then every EDP group in the same order on all ranks, as
@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 import torch.distributed as dist
 
-from aria_train.config.schema import ConfigError
+from aria_train.config.errors import ConfigError
+from aria_train.moe.layout import ExpertLayout
 
 
 @dataclass
@@ -39,10 +40,9 @@ class ParallelGroups:
     edp_ranks: list[int] = field(default_factory=lambda: [0])  # global ranks of this rank's EDP group
     distributed: bool = False
 
-    def expert_range(self, num_experts: int) -> tuple[int, int]:
-        """[first, last) global expert indices held by this rank."""
-        per_rank = num_experts // self.ep_size
-        return self.ep_rank * per_rank, (self.ep_rank + 1) * per_rank
+    def expert_layout(self, num_experts: int) -> ExpertLayout:
+        """Which of `num_experts` global experts (per layer) this rank holds."""
+        return ExpertLayout(num_experts, self.ep_size, self.ep_rank)
 
 
 def ep_blocks(world_size: int, ep_size: int) -> tuple[list[list[int]], list[list[int]]]:

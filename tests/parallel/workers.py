@@ -32,7 +32,8 @@ def groups_worker(rank: int, world: int) -> None:
             t = torch.tensor([float(rank), 1.0])
             dist.all_reduce(t, group=group)
             assert t.tolist() == [float(sum(ranks)), float(len(ranks))], (ep, ranks, t)
-        assert g.expert_range(16) == (g.ep_rank * 16 // ep, (g.ep_rank + 1) * 16 // ep)
+        layout = g.expert_layout(16)
+        assert (layout.first, layout.end) == (g.ep_rank * 16 // ep, (g.ep_rank + 1) * 16 // ep)
     for bad in (3, 8, 0):
         try:
             init_parallel_groups(bad)
@@ -108,8 +109,9 @@ def _alltoall_case(rank: int, world: int, ep: int, case: str) -> None:
     groups = init_parallel_groups(ep)
     model = apply_expert_parallel(_Wrap(copy.deepcopy(ref)), groups)
     layer = model.moe
-    first, last = groups.expert_range(num_experts)
-    assert (layer.experts.first_expert, layer.experts.num_experts) == (first, last - first)
+    layout = groups.expert_layout(num_experts)
+    first, last = layout.first, layout.end
+    assert (layer.experts.first_expert, layer.experts.num_local_experts) == (first, last - first)
     layer.zero_grad()
     x = x_full[mine].clone().requires_grad_(True)
     out = layer(x).hidden if case in ("even", "capacity", "skewed") and sizes[rank] > 0 else _routed(layer, x)
@@ -290,7 +292,8 @@ def _optimizer_case(rank: int, world: int, ep: int, kind: str, out_dir: str, buc
     for step, (a, b) in enumerate(zip(norms, ref["norms"])):
         assert math.isclose(a, b, rel_tol=1e-5), (step, a, b)
     # parameters after 5 steps
-    first, last = groups.expert_range(model.cfg.moe.num_experts)
+    layout = groups.expert_layout(model.cfg.moe.num_experts)
+    first, last = layout.first, layout.end
     max_diff, diff_sum, count = 0.0, 0.0, 0
     for name, p in model.named_parameters():
         expected = ref["params"][name]

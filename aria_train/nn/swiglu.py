@@ -1,4 +1,5 @@
-"""The SwiGLU MLP that serves as ARIA's shared experts (width = shared count x expert width)."""
+"""The SwiGLU MLP: ARIA's shared experts (width = shared count x expert width), and the shape of
+each routed expert (which aria_train.moe.experts runs as grouped GEMMs)."""
 
 import torch
 import torch.nn.functional as F

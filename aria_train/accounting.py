@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from aria_train.config.schema import ModelConfig
+from aria_train.model.config import CHECKPOINT_MODES, ModelConfig
 from aria_train.moe.experts import expert_parameter_layouts
 from aria_train.moe.layout import ExpertLayout
 
@@ -137,9 +137,6 @@ def format_report(counts: ParameterCounts, memory: RankMemory, world_size: int, 
 # where activations dominate, the regime this is for. Where the bf16 weight copies dominate (a
 # few hundred tokens, wide experts) it under-predicts by up to ~15%: the working set inside the
 # last block's forward and the weight-gradient casts are not modelled. Not yet checked on a GPU.
-
-CHECKPOINT_MODES = ("none", "full", "selective")
-
 
 @dataclass
 class ActivationEstimate:

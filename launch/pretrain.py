@@ -13,7 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aria_train.config import ConfigError, build_config, to_dict  # noqa: E402
+from aria_train.config import ConfigError  # noqa: E402
+from aria_train.config.loader import to_dict  # noqa: E402
+from aria_train.train.run_config import build_config  # noqa: E402
 from aria_train.config.cli import overrides_from_args, parse_args  # noqa: E402
 from aria_train.data.errors import DataError  # noqa: E402
 from aria_train.errors import UserError  # noqa: E402
@@ -37,12 +39,12 @@ def main(argv=None) -> int:
 def dry_run(args) -> int:
     from aria_train.accounting import count_parameters, dry_run_memory_report, format_report, memory_per_rank
     from aria_train.model.decoder import build_model
+    from aria_train.parallel.config import check_ep_divides_world
 
     world = args.world_size or 8
     # Batch sizes do not enter the accounting, so only the expert layout is checked against world.
     cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args))
-    if world % cfg.parallel.ep_size != 0:
-        raise ConfigError(f"parallel.ep_size={cfg.parallel.ep_size} does not divide --world-size {world}")
+    check_ep_divides_world(cfg.parallel.ep_size, world, "--world-size")
     model = build_model(cfg.model, device="meta")
     counts = count_parameters(model, cfg.model)
     memory = memory_per_rank(counts, world, cfg.parallel.ep_size, zero1=cfg.optimizer.zero1)

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_runs import REPO, step_records  # noqa: E402
 
-from aria_train.checkpoint.trained_model import load_trained_model  # noqa: E402
+from aria_train.eval.trained_model import load_trained_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

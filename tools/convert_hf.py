@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aria_train.config.loader import from_dict, to_dict  # noqa: E402
 from aria_train.config.presets import MODEL_PRESETS  # noqa: E402
-from aria_train.config.schema import ModelConfig  # noqa: E402
+from aria_train.model.config import ModelConfig  # noqa: E402
 from aria_train.convert.hf_text import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
 from aria_train.model.decoder import AriaForCausalLM  # noqa: E402
 

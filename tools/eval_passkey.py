@@ -45,7 +45,7 @@ def main(argv=None) -> int:
             model, cfg = load_decoder_from_checkpoint(args.checkpoint, args.rope_base)
             name = f"{args.checkpoint} (stage {cfg.stage}, rope base {cfg.model.rope_base:g})"
         else:
-            from aria_train.config import build_config
+            from aria_train.train.run_config import build_config
             from aria_train.model.decoder import build_model
 
             overrides = {"model.rope_base": args.rope_base} if args.rope_base else {}

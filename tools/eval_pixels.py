@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aria_train.checkpoint.trained_model import load_trained_model  # noqa: E402
+from aria_train.eval.trained_model import load_trained_model  # noqa: E402
 from aria_train.data.tokenizer import load_tokenizer  # noqa: E402
 from aria_train.errors import UserError  # noqa: E402
 from aria_train.eval.pixels import caption_loss_real_vs_blank  # noqa: E402

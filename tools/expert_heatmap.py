@@ -71,7 +71,7 @@ def stats_from_checkpoint(checkpoint: str, batches: int) -> dict:
     import torch
 
     from aria_train.checkpoint import resolve_load_dir
-    from aria_train.checkpoint.trained_model import load_trained_model
+    from aria_train.eval.trained_model import load_trained_model
     from aria_train.data.stage_data import build_stage_data
     from aria_train.parallel.groups import init_parallel_groups
     from aria_train.train.routing_metrics import RoutingAccumulator

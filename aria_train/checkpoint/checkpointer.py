@@ -176,7 +176,7 @@ class Checkpointer:
         return entries
 
     def _config_dict(self) -> dict:
-        from aria_train.config import to_dict
+        from aria_train.config.loader import to_dict
 
         return to_dict(self.cfg)
 

@@ -1,15 +1,9 @@
-from aria_train.config.loader import build_config, from_dict, stage_config_path, to_dict
-from aria_train.config.vision import ProjectorConfig, VisionConfig
-from aria_train.config.schema import (
-    CheckpointConfig,
-    ConfigError,
-    DataConfig,
-    LoggingConfig,
-    ModelConfig,
-    MoEConfig,
-    OptimizerConfig,
-    ParallelConfig,
-    RunConfig,
-    ScheduleConfig,
-    TrainConfig,
-)
+"""The lowest layer: the error type and the generic machinery that turns YAML, presets and
+command-line overrides into typed dataclasses. Each component defines its own config dataclass
+next to its code (aria_train.moe.config, aria_train.model.config, ...); the run's composed config
+is aria_train.train.run_config.RunConfig."""
+
+from aria_train.config.errors import ConfigError
+from aria_train.config.loader import from_dict, load_yaml, require_positive, resolve, to_dict
+
+__all__ = ["ConfigError", "from_dict", "load_yaml", "require_positive", "resolve", "to_dict"]

@@ -1,8 +1,9 @@
-"""Builds a validated `RunConfig` from a stage's YAML, a model preset and command-line overrides.
+"""Typed dataclasses from nested dicts, and the layering of defaults, presets, YAML and overrides.
 
-Order of precedence, lowest first: dataclass defaults < model preset < YAML < `--set key=value`
-and Megatron-style flags. Unknown keys and values of the wrong type fail with one line naming
-the key.
+Nothing here knows which dataclasses a run has: callers pass the root class (a run's composed
+config lives in aria_train.train.run_config). Every key is checked against the dataclass fields
+and every value against the field's type, including `Literal[...]` choices, `Optional[...]` and
+`list[...]`; the error is one line naming the dotted key.
 """
 
 from __future__ import annotations
@@ -10,23 +11,11 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal
 
 import yaml
 
 from aria_train.config.errors import ConfigError
-from aria_train.config.presets import DEFAULT_VISION_PRESET, MODEL_PRESETS
-from aria_train.config.schema import RunConfig
-from aria_train.config.vision import VISION_PRESETS
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STAGE_DIRS = {1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_post"}
-
-
-def stage_config_path(stage: int) -> Path:
-    if stage not in STAGE_DIRS:
-        raise ConfigError(f"--stage {stage} is not one of {sorted(STAGE_DIRS)}")
-    return REPO_ROOT / "pipelines" / STAGE_DIRS[stage] / "config.yaml"
 
 
 def load_yaml(path: Path) -> dict:
@@ -44,39 +33,15 @@ def load_yaml(path: Path) -> dict:
     return data
 
 
-def build_config(
-    stage: int,
-    config_file: Optional[Path] = None,
-    preset: Optional[str] = None,
-    overrides: Optional[dict[str, Any]] = None,
-    world_size: Optional[int] = None,
-) -> RunConfig:
-    """The resolved config of a run: defaults, then preset, then YAML, then overrides.
-
-    `overrides` maps dotted keys (`model.moe.top_k`) to values, already parsed or as strings.
-    """
-    raw = load_yaml(config_file or stage_config_path(stage))
-    raw.setdefault("stage", stage)
-    overrides = dict(overrides or {})
-    preset = preset or overrides.pop("model.preset", None) or raw.get("model", {}).get("preset", "tiny")
-    if preset not in MODEL_PRESETS:
-        raise ConfigError(f"model.preset={preset!r} is not one of {', '.join(MODEL_PRESETS)}")
-    vision_name = overrides.pop("vision.preset", None) or raw.get("vision", {}).get("preset")
-    vision_name = vision_name or DEFAULT_VISION_PRESET[preset]
-    if vision_name not in VISION_PRESETS:
-        raise ConfigError(f"vision.preset={vision_name!r} is not one of {', '.join(VISION_PRESETS)}")
-    merged: dict = {
-        "model": _deep_copy(MODEL_PRESETS[preset]),
-        "vision": _deep_copy(VISION_PRESETS[vision_name]["vision"]),
-        "projector": _deep_copy(VISION_PRESETS[vision_name]["projector"]),
-    }
-    _deep_merge(merged, raw)
-    merged["model"]["preset"] = preset
-    merged["vision"]["preset"] = vision_name
+def resolve(root_cls, layers: list[dict], overrides: dict[str, Any], prefix: str = ""):
+    """Builds `root_cls` from `layers` (nested dicts, later ones win, merged key by key) and
+    then `overrides` (dotted keys such as `model.moe.top_k`, values parsed or as strings)."""
+    merged: dict = {}
+    for layer in layers:
+        deep_merge(merged, deep_copy(layer))
     for key, value in overrides.items():
-        _set_dotted(merged, key, value)
-    config = from_dict(RunConfig, merged, prefix="")
-    return config.validate(world_size)
+        set_dotted(merged, key, value)
+    return from_dict(root_cls, merged, prefix=prefix)
 
 
 def from_dict(cls, data: dict, prefix: str):
@@ -89,7 +54,7 @@ def from_dict(cls, data: dict, prefix: str):
     for key, value in data.items():
         if key not in names:
             raise ConfigError(f"unknown config key {prefix}{key}")
-        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+        kwargs[key] = coerce(hints[key], value, f"{prefix}{key}")
     return cls(**kwargs)
 
 
@@ -97,61 +62,87 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def _coerce(hint, value, key: str):
+def coerce(hint, value, key: str):
+    """`value` as type `hint`, or a ConfigError naming `key`."""
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, prefix=key + ".")
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if isinstance(value, str) and value in choices:
+            return value
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
     if origin is typing.Union:  # Optional[X]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
-        return _coerce(args[0], value, key)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"config key {key} expects true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key} expects an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key {key} expects an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key} expects a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key {key} expects a string, got {value!r}")
+        return coerce(args[0], value, key)
     if hint is dict or origin is dict:
         if isinstance(value, dict):
             return dict(value)
         raise ConfigError(f"config key {key} expects a mapping, got {value!r}")
     if hint is list or origin is list:
         if isinstance(value, str):
-            return value.split()
+            value = value.split()
         if isinstance(value, (list, tuple)):
-            return [str(v) for v in value]
+            item = (typing.get_args(hint) or (str,))[0]
+            return [coerce(item, v, key) for v in value]
         raise ConfigError(f"config key {key} expects a list, got {value!r}")
+    if hint in _SCALARS:
+        return _SCALARS[hint](value, key)
     raise ConfigError(f"config key {key} has an unsupported type {hint}")
 
 
-def _set_dotted(tree: dict, key: str, value) -> None:
+def _to_bool(value, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"config key {key} expects true or false, got {value!r}")
+
+
+def _to_int(value, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""))
+        except ValueError:
+            pass
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"config key {key} expects an integer, got {value!r}")
+
+
+def _to_float(value, key: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"config key {key} expects a number, got {value!r}")
+
+
+def _to_str(value, key: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"config key {key} expects a string, got {value!r}")
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def require_positive(section, prefix: str, *names: str) -> None:
+    """ConfigError naming the first of `names` that is not > 0."""
+    for name in names:
+        value = getattr(section, name)
+        if value <= 0:
+            raise ConfigError(f"{prefix}.{name}={value} must be positive")
+
+
+def set_dotted(tree: dict, key: str, value) -> None:
     parts = key.split(".")
     node = tree
     for part in parts[:-1]:
@@ -162,15 +153,15 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
-def _deep_merge(base: dict, extra: dict) -> None:
+def deep_merge(base: dict, extra: dict) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
+            deep_merge(base[key], value)
         else:
             base[key] = value
 
 
-def _deep_copy(tree):
+def deep_copy(tree):
     if isinstance(tree, dict):
-        return {k: _deep_copy(v) for k, v in tree.items()}
+        return {k: deep_copy(v) for k, v in tree.items()}
     return tree

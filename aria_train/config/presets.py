@@ -1,4 +1,5 @@
-"""Named model sizes. A preset fills `model.*`; YAML and `--set` can still override any field."""
+"""Named sizes, as plain data. A model preset fills `model.*`, a vision preset `vision.*` and
+`projector.*`; YAML and `--set` can still override any field."""
 
 from __future__ import annotations
 
@@ -26,5 +27,20 @@ MODEL_PRESETS: dict[str, dict] = {
     ),
 }
 
-# The vision side each model preset trains with by default (aria_train.config.vision presets).
+# The vision side each model preset trains with by default (a VISION_PRESETS name).
 DEFAULT_VISION_PRESET = {"tiny": "tiny", "aria-25b": "siglip-so400m"}
+
+# Vision presets: `vision.*` and `projector.*` fields (aria_train.model.vision_config).
+VISION_PRESETS: dict[str, dict] = {
+    # CPU tests: 70 px crops (5x5 patches) inside a 10x10 position grid (140 px), so positions
+    # are bucketed as they are for 490 px crops in the real 70x70 grid.
+    "tiny": dict(
+        vision=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=14, image_size=140),
+        projector=dict(patch_to_query={25: 4, 100: 8}),
+    ),
+    # The paper's shapes.
+    "siglip-so400m": dict(
+        vision=dict(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, patch_size=14, image_size=980),
+        projector=dict(patch_to_query={1225: 128, 4900: 256}),
+    ),
+}

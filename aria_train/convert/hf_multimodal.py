@@ -25,8 +25,8 @@ from typing import Optional
 
 import torch
 
-from aria_train.config.schema import ModelConfig
-from aria_train.config.vision import ProjectorConfig, VisionConfig
+from aria_train.model.config import ModelConfig
+from aria_train.model.vision_config import ProjectorConfig, VisionConfig
 from aria_train.convert import hf_text
 from aria_train.model.multimodal import AriaForConditionalGeneration
 from aria_train.model.vision import VisionTransformer

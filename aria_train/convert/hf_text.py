@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from aria_train.config.schema import ModelConfig
+from aria_train.model.config import ModelConfig
 from aria_train.model.decoder import AriaForCausalLM
 
 # (ours, transformers in-memory) suffixes inside one layer.

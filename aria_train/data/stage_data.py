@@ -3,6 +3,9 @@
 Stage 1 reads Megatron-format language data (or the offline demo corpus when `data.data_path`
 is empty). Multimodal stages mix that language data with image-text shards (or the synthetic
 demo shards when `data.mm_data_path` is empty), packed into `seq_length` sequences.
+
+`cfg` is a run's config (aria_train.train.run_config.RunConfig: `data`, `train`, `model`,
+`vision`, `projector` and `multimodal` are read); `groups` its ParallelGroups (rank, world size).
 """
 
 import dataclasses
@@ -10,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from aria_train.config.schema import ConfigError, RunConfig
+import torch.distributed as dist
+
+from aria_train.config import ConfigError
 from aria_train.data.batches import MicroBatchIterator
 from aria_train.data.demo_corpus import ensure_demo_corpus
 from aria_train.data.gpt_data import build_gpt_datasets
 from aria_train.data.tokenizer import load_tokenizer
-from aria_train.parallel import distributed as dist_utils
 
 
 @dataclass
@@ -25,13 +29,13 @@ class StageData:
     tokenizer: object
 
 
-def build_stage_data(cfg: RunConfig, groups, logger) -> StageData:
+def build_stage_data(cfg, groups, logger) -> StageData:
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens"
         )
-    data_cfg = _with_language_data(cfg, tokenizer, logger)
+    data_cfg = _with_language_data(cfg, groups, tokenizer, logger)
     train_cfg = cfg.train
     train_samples = train_cfg.train_iters * train_cfg.global_batch_size
     eval_rounds = train_cfg.train_iters // train_cfg.eval_interval + 1 if train_cfg.eval_interval else 0
@@ -49,13 +53,18 @@ def build_stage_data(cfg: RunConfig, groups, logger) -> StageData:
     return StageData(batches(train_set), valid_factory, tokenizer)
 
 
-def _with_language_data(cfg: RunConfig, tokenizer, logger):
+def _barrier(groups) -> None:
+    if groups.distributed:
+        dist.barrier(group=groups.world_group)
+
+
+def _with_language_data(cfg, groups, tokenizer, logger):
     data_cfg = cfg.data
     if data_cfg.data_path:
         return data_cfg
-    if dist_utils.rank() == 0:  # one rank builds; the others find it built
+    if groups.rank == 0:  # one rank builds; the others find it built
         ensure_demo_corpus(data_cfg.cache_dir, tokenizer)
-    dist_utils.barrier()
+    _barrier(groups)
     prefix = ensure_demo_corpus(data_cfg.cache_dir, tokenizer)
     logger.info(f"data: offline demo corpus {prefix}")
     return dataclasses.replace(data_cfg, data_path=[str(prefix)])
@@ -72,7 +81,7 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
 
     data_cfg, train_cfg = cfg.data, cfg.train
     image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode)
-    shard_sets = _multimodal_shard_sets(cfg, logger)
+    shard_sets = _multimodal_shard_sets(cfg, groups, logger)
     total_mm = sum(weight for weight, _ in shard_sets)
 
     def mixture(language_set, split_seed: int) -> MultimodalMixture:
@@ -97,7 +106,7 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     return StageData(batches(train_set, train_cfg.seed), valid_factory, tokenizer)
 
 
-def _multimodal_shard_sets(cfg, logger) -> list[tuple[float, str]]:
+def _multimodal_shard_sets(cfg, groups, logger) -> list[tuple[float, str]]:
     from aria_train.data.multimodal import write_synthetic_shards
 
     data_cfg = cfg.data
@@ -113,9 +122,9 @@ def _multimodal_shard_sets(cfg, logger) -> list[tuple[float, str]]:
     kind = data_cfg.synthetic_kind or None
     directory = Path(data_cfg.cache_dir) / f"synthetic_{kind or 'mixed'}_{data_cfg.synthetic_samples}"
     done = directory / "COMPLETE"
-    if dist_utils.rank() == 0 and not done.exists():
+    if groups.rank == 0 and not done.exists():
         write_synthetic_shards(directory, data_cfg.synthetic_samples, seed=0, size=70, kind=kind)
         done.touch()  # written last: a crash mid-way leaves no COMPLETE, and the next run rebuilds
-    dist_utils.barrier()
+    _barrier(groups)
     logger.info(f"data: synthetic demo shards {directory}")
     return [(1.0, str(directory))]

@@ -214,6 +214,6 @@ def _heatmap(grid, lengths, depths, path: Path, title: str) -> None:
 def load_decoder_from_checkpoint(checkpoint: str, rope_base: Optional[float] = None):
     """The text decoder of an aria-train checkpoint (any stage; a multimodal checkpoint gives its
     language model), on CPU in eval mode, with the run config it was saved with."""
-    from aria_train.checkpoint.trained_model import load_trained_model
+    from aria_train.eval.trained_model import load_trained_model
 
     return load_trained_model(checkpoint, text_only=True, rope_base=rope_base)

@@ -2,12 +2,14 @@
 
 from torch import nn
 
-from aria_train.config.schema import RunConfig
 from aria_train.model.decoder import build_model
 
 
-def build_stage_model(cfg: RunConfig, tokenizer) -> nn.Module:
-    """Stage 1: the text decoder. Stages with images: ViT + projector + decoder."""
+def build_stage_model(cfg, tokenizer) -> nn.Module:
+    """Stage 1: the text decoder. Stages with images: ViT + projector + decoder.
+
+    `cfg` is a run's config (aria_train.train.run_config.RunConfig): `multimodal`, `model`,
+    `vision` and `projector` are read."""
     if not cfg.multimodal:
         return build_model(cfg.model, device="meta")
     from aria_train.model.multimodal import build_multimodal_model

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aria_train.config.schema import ModelConfig
+from aria_train.model.config import ActivationCheckpointing, ModelConfig
 from aria_train.model.attention import Attention
 from aria_train.model.norm import RMSNorm
 from aria_train.model.rope import RotaryEmbedding
@@ -46,18 +46,6 @@ class DecoderOutput:
     balance_loss: torch.Tensor  # scalar, summed over layers, coefficient applied
     z_loss: torch.Tensor  # scalar, summed over layers, coefficient applied
     router_stats: list = field(default_factory=list)  # per layer, aria_train.moe.layer.RouterStats
-
-
-CHECKPOINT_MODES = ("none", "full", "selective")
-
-
-def checkpoint_mode(value) -> str:
-    """The mode for a config value; a bool (the former flag) means full (True) or none."""
-    if isinstance(value, bool):
-        return "full" if value else "none"
-    if value not in CHECKPOINT_MODES:
-        raise ValueError(f"activation_checkpointing={value!r} is not one of {', '.join(CHECKPOINT_MODES)}")
-    return value
 
 
 class DecoderBlock(nn.Module):
@@ -93,7 +81,7 @@ class AriaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base)
-        self.activation_checkpointing = checkpoint_mode(cfg.activation_checkpointing)
+        self.activation_checkpointing: ActivationCheckpointing = cfg.activation_checkpointing
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
@@ -135,7 +123,7 @@ class AriaForCausalLM(nn.Module):
         cos, sin = self.rope(position_ids, x.dtype)
         balance = z = x.new_zeros((), dtype=torch.float32)
         router_stats = []
-        mode = checkpoint_mode(self.activation_checkpointing) if self.training else "none"
+        mode = self.activation_checkpointing if self.training else "none"
         for block in self.layers:
             block.selective_recompute = mode == "selective"
             if mode == "full":

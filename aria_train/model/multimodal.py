@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from aria_train.config.schema import ModelConfig
-from aria_train.config.vision import ProjectorConfig, VisionConfig
+from aria_train.model.config import ModelConfig
+from aria_train.model.vision_config import ProjectorConfig, VisionConfig
 from aria_train.model.decoder import AriaForCausalLM, DecoderOutput
 from aria_train.model.projector import Projector
 from aria_train.model.vision import Grid, VisionTransformer

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aria_train.config.vision import ProjectorConfig
+from aria_train.model.vision_config import ProjectorConfig
 from aria_train.model.vision import Grid, Segments, _init_module_, grid_list, packed_attention
 
 

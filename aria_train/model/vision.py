@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aria_train.config.vision import VisionConfig
+from aria_train.model.vision_config import VisionConfig
 
 Grid = Union[Sequence[tuple[int, int]], torch.Tensor]  # per image (h_patches, w_patches); or LongTensor [N, 2]
 

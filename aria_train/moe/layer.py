@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from aria_train.config.schema import MoEConfig
+from aria_train.moe.config import MoEConfig
 from aria_train.moe.balance import group_load_balancing_loss, z_loss
 from aria_train.moe.capacity import capacity_keep_mask
 from aria_train.moe.dispatcher import LocalDispatcher, TokenDispatcher

@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import nn
 
-from aria_train.config.schema import OptimizerConfig
+from aria_train.optim.config import OptimizerConfig
 from aria_train.optim.flat_state import ParamRule
 from aria_train.optim.protocol import TrainOptimizer
 from aria_train.optim.replicated import ReplicatedAdamW

@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from aria_train.config.schema import OptimizerConfig
+from aria_train.optim.config import OptimizerConfig
 from aria_train.moe.experts import expert_parameter_layouts
 
 STATE_FORMAT = "aria-flat-v1"

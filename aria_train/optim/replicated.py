@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from aria_train.config.schema import OptimizerConfig
+from aria_train.optim.config import OptimizerConfig
 from aria_train.optim.clip import clip_coefficient
 from aria_train.optim.flat_state import STATE_FORMAT, FlatShard, ParamRule, check_format, collect_params, copy_overlap
 

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aria_train.config.schema import OptimizerConfig
+from aria_train.optim.config import OptimizerConfig
 from aria_train.optim.clip import clip_coefficient
 from aria_train.optim.flat_state import STATE_FORMAT, FlatShard, ParamRule, check_format, collect_params, copy_overlap
 from aria_train.optim.zero1_buckets import Bucket, Entry, allocate_buffers, make_buckets

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from aria_train.config.errors import ConfigError
 from aria_train.moe.layout import ExpertLayout
+from aria_train.parallel.config import check_ep_divides_world
 
 
 @dataclass
@@ -59,8 +60,7 @@ def init_parallel_groups(ep_size: int = 1) -> ParallelGroups:
             raise ConfigError(f"parallel.ep_size={ep_size} does not divide the world size 1 (torch.distributed is off)")
         return ParallelGroups()
     world_size, rank = dist.get_world_size(), dist.get_rank()
-    if ep_size < 1 or world_size % ep_size != 0:
-        raise ConfigError(f"parallel.ep_size={ep_size} does not divide the world size {world_size}")
+    check_ep_divides_world(ep_size, world_size)
     ep_groups, edp_groups = ep_blocks(world_size, ep_size)
     my_ep = my_edp = None
     my_ep_ranks: list[int] = []

@@ -6,7 +6,7 @@ scores and values 2 * 2 * S * heads * head_dim (causal, so half of the S x S squ
 the shared MLP 2 * 3 * H * I each. Plus the LM head 2 * H * V. Backward is twice forward.
 """
 
-from aria_train.config.schema import ModelConfig
+from aria_train.model.config import ModelConfig
 
 # Dense bf16 peak of the accelerators MFU is reported against (no sparsity).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from aria_train.config.schema import LoggingConfig
+from aria_train.train.config import LoggingConfig
 
 CONSOLE_FIELDS = [
     ("step", "{:d}"),

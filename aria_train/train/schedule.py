@@ -2,7 +2,8 @@
 
 import math
 
-from aria_train.config.schema import OptimizerConfig, ScheduleConfig
+from aria_train.optim.config import OptimizerConfig
+from aria_train.train.config import ScheduleConfig
 
 
 def learning_rate(step: int, train_iters: int, opt: OptimizerConfig, sched: ScheduleConfig) -> float:

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from aria_train.config.schema import TrainConfig
+from aria_train.train.config import TrainConfig
 
 REASONS = {1: "signal", 2: "exit-duration"}
 

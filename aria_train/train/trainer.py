@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from aria_train.config.schema import RunConfig
+from aria_train.train.run_config import RunConfig
 from aria_train.errors import UserError
 from aria_train.parallel import distributed as dist_utils
 from aria_train.train.flops import peak_flops, train_flops_per_token

@@ -26,7 +26,7 @@ from spawn_world import free_port, run_world  # noqa: E402,F401  (re-exported fo
 # ---- a tiny run without the data pipeline ---------------------------------------------------
 def tiny_run_config(save: str = "", load: str = "", ep_size: int = 1, async_save: bool = False,
                     load_optim: bool = True, keep_last: int = 3):
-    from aria_train.config import build_config
+    from aria_train.train.run_config import build_config
 
     overrides = {
         "parallel.ep_size": ep_size,

@@ -1,6 +1,7 @@
 import pytest
 
-from aria_train.config import ConfigError, build_config
+from aria_train.config import ConfigError
+from aria_train.train.run_config import build_config
 
 
 def test_stage1_defaults_to_tiny_preset():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from aria_train.config.schema import DataConfig
+from aria_train.data.config import DataConfig
 from aria_train.data.errors import DataError
 from aria_train.data.gpt_data import build_gpt_datasets
 from aria_train.data.megatron_import import import_megatron

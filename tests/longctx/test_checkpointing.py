@@ -4,7 +4,8 @@ accepts exactly none | full | selective."""
 import pytest
 import torch
 
-from aria_train.config import ConfigError, build_config
+from aria_train.config import ConfigError
+from aria_train.train.run_config import build_config
 from aria_train.model.decoder import build_model
 from aria_train.train.loss import chunked_cross_entropy_sum
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from aria_train.accounting import activation_memory, measure_cpu_peak_bytes
-from aria_train.config import build_config
+from aria_train.train.run_config import build_config
 from aria_train.model.decoder import build_model
 from aria_train.train.loss import chunked_cross_entropy_sum
 

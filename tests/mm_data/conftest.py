@@ -1,6 +1,6 @@
 import pytest
 
-from aria_train.config.vision import vision_preset
+from aria_train.model.vision_config import vision_preset
 from aria_train.data.multimodal import ImageConfig, SampleRenderer, write_synthetic_shards
 from aria_train.data.tokenizer import load_tokenizer
 

@@ -214,8 +214,9 @@ def test_gpt_dataset_style_samples(tok, renderer):
 
 def test_batches_run_through_the_tiny_model(tok, renderer, syn_dir, tiny_projector):
     from aria_train.config.presets import MODEL_PRESETS
-    from aria_train.config.schema import ModelConfig, MoEConfig
-    from aria_train.config.vision import vision_preset
+    from aria_train.model.config import ModelConfig
+    from aria_train.moe.config import MoEConfig
+    from aria_train.model.vision_config import vision_preset
     from aria_train.model.multimodal import build_multimodal_model
 
     p = dict(MODEL_PRESETS["tiny"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aria_train.config.schema import MoEConfig
+from aria_train.moe.config import MoEConfig
 from aria_train.moe.capacity import capacity_keep_mask
 from aria_train.moe.dispatcher import LocalDispatcher
 from aria_train.moe.grouped_gemm import grouped_matmul

@@ -4,7 +4,7 @@ import pytest
 
 from aria_train.config.loader import from_dict
 from aria_train.config.presets import MODEL_PRESETS
-from aria_train.config.schema import ModelConfig
+from aria_train.model.config import ModelConfig
 from aria_train.model.decoder import build_model
 
 

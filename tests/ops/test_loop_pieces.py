@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from aria_train.config.schema import LoggingConfig, TrainConfig
+from aria_train.train.config import LoggingConfig, TrainConfig
 from aria_train.train.metrics import MetricsLogger, console_line
 from aria_train.train.step_timer import StepTimer
 from aria_train.train.stopping import StopController

@@ -86,7 +86,7 @@ def test_accumulator_sums_micro_batches_and_summarises_per_layer():
 
 
 def test_the_moe_layer_stats_feed_the_accumulator():
-    from aria_train.config.schema import MoEConfig
+    from aria_train.moe.config import MoEConfig
     from aria_train.moe.layer import MoELayer
 
     torch.manual_seed(0)

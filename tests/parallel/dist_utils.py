@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aria_train.config.schema import ModelConfig, MoEConfig
+from aria_train.model.config import ModelConfig
+from aria_train.moe.config import MoEConfig
 from aria_train.config.presets import MODEL_PRESETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

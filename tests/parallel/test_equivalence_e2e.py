@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from launch_runs import pretrain, step_records  # noqa: E402
 
-from aria_train.checkpoint.trained_model import load_trained_model  # noqa: E402
+from aria_train.eval.trained_model import load_trained_model  # noqa: E402
 
 STEPS = 5
 

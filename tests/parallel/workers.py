@@ -10,7 +10,8 @@ import torch.distributed as dist
 from torch import nn
 
 from aria_train.config import ConfigError
-from aria_train.config.schema import MoEConfig, OptimizerConfig
+from aria_train.moe.config import MoEConfig
+from aria_train.optim.config import OptimizerConfig
 from aria_train.moe.layer import MoELayer
 from aria_train.parallel.expert_parallel import apply_expert_parallel
 from aria_train.parallel.groups import ParallelGroups, init_parallel_groups

@@ -67,7 +67,7 @@ def test_bad_conversations_fail_with_one_line(messages, message):
 
 
 def test_chat_shards_render_through_the_multimodal_pipeline(tmp_path):
-    from aria_train.config.vision import vision_preset
+    from aria_train.model.vision_config import vision_preset
     from aria_train.data.multimodal import ImageConfig, SampleRenderer, read_shard, write_synthetic_shards
 
     write_synthetic_shards(tmp_path, 3, seed=1, kind="chat")

@@ -1,4 +1,4 @@
-from aria_train.config import build_config
+from aria_train.train.run_config import build_config
 from aria_train.train.flops import forward_flops_per_token, train_flops_per_token
 
 

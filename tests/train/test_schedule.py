@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from aria_train.config import OptimizerConfig, ScheduleConfig
+from aria_train.optim.config import OptimizerConfig
+from aria_train.train.config import ScheduleConfig
 from aria_train.train.schedule import learning_rate
 
 OPT = OptimizerConfig(lr=1.0, min_lr=0.1)

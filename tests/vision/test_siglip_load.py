@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 from transformers import SiglipVisionConfig, SiglipVisionModel  # noqa: E402
 
-from aria_train.config.vision import VisionConfig  # noqa: E402
+from aria_train.model.vision_config import VisionConfig  # noqa: E402
 from aria_train.convert.hf_multimodal import load_siglip_vision  # noqa: E402
 from aria_train.model.vision import pack_images  # noqa: E402
 
@@ -61,7 +61,7 @@ def test_load_bare_file_with_config_and_interpolation(siglip, tmp_path):
 
 
 def test_stage2_vision_tower_starts_from_siglip(siglip, tmp_path):
-    from aria_train.config import build_config
+    from aria_train.train.run_config import build_config
     from aria_train.convert.hf_multimodal import init_vision_tower
     from aria_train.errors import UserError
     from aria_train.model.multimodal import build_multimodal_model

@@ -4,8 +4,8 @@ each image gives alone; the attention backends agree; configs validate."""
 import pytest
 import torch
 
-from aria_train.config.schema import ConfigError
-from aria_train.config.vision import ProjectorConfig, VisionConfig, vision_preset
+from aria_train.config import ConfigError
+from aria_train.model.vision_config import ProjectorConfig, VisionConfig, vision_preset
 from aria_train.model.projector import Projector
 from aria_train.model.vision import (
     Segments,

@@ -1,6 +1,5 @@
-"""Configuration of ARIA's vision side: the SigLIP-shaped ViT and the cross-attention projector.
-
-Standalone for now (not yet fields of RunConfig). Defaults are the paper's shapes:
+"""Configuration of ARIA's vision side: the SigLIP-shaped ViT (aria_train.model.vision) and the
+cross-attention projector (aria_train.model.projector). Defaults are the paper's shapes:
 SigLIP-SO400M (1152 wide, 27 layers, 16 heads, MLP 4304, patch 14, position grid 70x70 for
 980 px) and a projector with 128 learned queries for a 490 px crop (35x35 = 1225 patches) and
 256 for a 980 px crop (70x70 = 4900 patches).
@@ -12,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from aria_train.config.errors import ConfigError
+from aria_train.config import ConfigError, require_positive
+from aria_train.config.presets import VISION_PRESETS
 
 
 @dataclass
@@ -42,7 +42,7 @@ class VisionConfig:
         return self.num_channels * self.patch_size * self.patch_size
 
     def validate(self) -> "VisionConfig":
-        _positive(self, "vision", "hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
+        require_positive(self, "vision", "hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
                   "image_size", "num_channels")
         if self.hidden_size % self.num_heads != 0:
             raise ConfigError(f"vision.num_heads={self.num_heads} does not divide vision.hidden_size={self.hidden_size}")
@@ -98,31 +98,9 @@ class ProjectorConfig:
         return self
 
 
-VISION_PRESETS: dict[str, dict] = {
-    # CPU tests: 70 px crops (5x5 patches) inside a 10x10 position grid (140 px), so positions
-    # are bucketed as they are for 490 px crops in the real 70x70 grid.
-    "tiny": dict(
-        vision=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=14, image_size=140),
-        projector=dict(patch_to_query={25: 4, 100: 8}),
-    ),
-    # The paper's shapes.
-    "siglip-so400m": dict(
-        vision=dict(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, patch_size=14, image_size=980),
-        projector=dict(patch_to_query={1225: 128, 4900: 256}),
-    ),
-}
-
-
 def vision_preset(name: str) -> tuple[VisionConfig, ProjectorConfig]:
     if name not in VISION_PRESETS:
         raise ConfigError(f"vision preset {name!r} is not one of {', '.join(VISION_PRESETS)}")
     p = VISION_PRESETS[name]
     vision = VisionConfig(preset=name, **p["vision"]).validate()
     return vision, ProjectorConfig(**p["projector"]).validate(vision)
-
-
-def _positive(section, prefix: str, *names: str) -> None:
-    for name in names:
-        value = getattr(section, name)
-        if value <= 0:
-            raise ConfigError(f"{prefix}.{name}={value} must be positive")

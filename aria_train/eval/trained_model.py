@@ -3,44 +3,21 @@ weights only): the run config saved beside the weights says what to build."""
 
 from __future__ import annotations
 
-import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch.distributed.checkpoint as dcp
-import yaml
 
 from aria_train.checkpoint import state as ckpt_state
 from aria_train.checkpoint.layout import resolve_load_dir
-from aria_train.config import ConfigError, RunConfig, from_dict
 from aria_train.errors import UserError
+from aria_train.train.run_config import RunConfig, load_saved_run_config
 
 
 def load_run_config(checkpoint_dir: Path) -> RunConfig:
-    """The resolved config saved with a checkpoint. Keys this version no longer knows are dropped
-    with a note, so an older checkpoint still loads."""
-    path = Path(checkpoint_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"checkpoint {checkpoint_dir} has no config.yaml")
-    raw = yaml.safe_load(path.read_text()) or {}
-    model_raw = raw.get("model", {})
-    if isinstance(model_raw.get("activation_checkpointing"), bool):  # saved before the modes existed
-        model_raw["activation_checkpointing"] = "full" if model_raw["activation_checkpointing"] else "none"
-    while True:
-        try:
-            return from_dict(RunConfig, raw, "")
-        except ConfigError as error:
-            match = re.match(r"unknown config key (\S+)", str(error))
-            if not match:
-                raise
-            *parents, leaf = match.group(1).split(".")
-            node = raw
-            for name in parents:
-                node = node[name]
-            del node[leaf]
-            print(f"note: {path}: ignoring {match.group(1)}, unknown to this version", file=sys.stderr)
+    """The resolved config saved with a checkpoint (older keys dropped with a note)."""
+    return load_saved_run_config(Path(checkpoint_dir) / "config.yaml")
 
 
 def load_trained_model(checkpoint: str, text_only: bool = False, rope_base: Optional[float] = None):

@@ -1,0 +1,39 @@
+"""Configuration of the text decoder (`model.*`)."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aria_train.config import ConfigError, require_positive
+from aria_train.moe.config import MoEConfig
+
+# none | full (recompute each decoder block) | selective (recompute the attention-input norm and
+# the MoE sub-block, keep the attention activations); see aria_train.model.decoder
+ActivationCheckpointing = Literal["none", "full", "selective"]
+CHECKPOINT_MODES: tuple[str, ...] = typing.get_args(ActivationCheckpointing)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    vocab_size: int = 512
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int = 16
+    rms_norm_eps: float = 1e-6
+    rope_base: float = 100_000.0
+    init_std: float = 0.02
+    activation_checkpointing: ActivationCheckpointing = "none"
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+    def validate(self) -> "ModelConfig":
+        require_positive(self, "model", "vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim")
+        if self.hidden_size % self.num_heads != 0:
+            raise ConfigError(f"model.num_heads={self.num_heads} does not divide model.hidden_size={self.hidden_size}")
+        if self.head_dim % 2 != 0:
+            raise ConfigError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
+        self.moe.validate("model.moe")
+        return self

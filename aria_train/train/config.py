@@ -1,0 +1,57 @@
+"""Configuration of the training loop (`train.*`), the learning-rate schedule (`schedule.*`) and
+metrics logging (`logging.*`)."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from aria_train.config import ConfigError, require_positive
+
+
+@dataclass
+class TrainConfig:
+    train_iters: int = 40
+    micro_batch_size: int = 4
+    global_batch_size: int = 8
+    seed: int = 1234
+    eval_interval: int = 20
+    eval_iters: int = 2
+    exit_interval: Optional[int] = None  # stop (with a checkpoint) after this step
+    exit_duration_mins: Optional[float] = None  # stop (with a checkpoint) after this much wall time
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # save, then exit 0
+    max_nonfinite_steps: int = 5  # consecutive NaN/Inf steps (skipped) before the run stops
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+
+    def validate(self) -> "TrainConfig":
+        require_positive(self, "train", "train_iters", "micro_batch_size", "global_batch_size")
+        for name in self.exit_signals:
+            if not hasattr(signal, name) or not name.startswith("SIG"):
+                raise ConfigError(f"train.exit_signals has {name!r}, which is not a signal name")
+        return self
+
+    def check_batch_fits(self, world_size: int) -> None:
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step != 0:
+            raise ConfigError(
+                f"train.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"train.micro_batch_size x world size = {per_step}"
+            )
+
+
+@dataclass
+class ScheduleConfig:
+    style: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_iters: int = 5
+    decay_iters: Optional[int] = None  # None = train_iters
+    wsd_decay_fraction: float = 0.2  # fraction of the run spent decaying, for style=wsd
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 5
+    log_dir: str = "runs/default"
+    wandb: bool = False
+    wandb_project: str = "aria-train"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"

@@ -1,0 +1,121 @@
+"""The composed configuration of a run: every component's config, the checks that span
+components, and how a stage's YAML, a model preset and command-line overrides become one.
+
+Order of precedence, lowest first: dataclass defaults < model / vision preset < YAML < `--set
+key=value` and Megatron-style flags. Unknown keys, values of the wrong type and values outside a
+`Literal`'s choices fail with one line naming the key (aria_train.config.loader); `validate` then
+checks that the sizes can work together.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from aria_train.checkpoint.config import CheckpointConfig
+from aria_train.config import ConfigError, load_yaml, resolve
+from aria_train.config.loader import from_dict
+from aria_train.config.presets import DEFAULT_VISION_PRESET, MODEL_PRESETS, VISION_PRESETS
+from aria_train.data.config import DataConfig
+from aria_train.errors import UserError
+from aria_train.model.config import ModelConfig
+from aria_train.model.vision_config import ProjectorConfig, VisionConfig
+from aria_train.moe.layout import ExpertLayout
+from aria_train.optim.config import OptimizerConfig
+from aria_train.parallel.config import ParallelConfig, check_ep_divides_world
+from aria_train.train.config import LoggingConfig, ScheduleConfig, TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STAGE_DIRS = {1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_post"}
+
+
+@dataclass
+class RunConfig:
+    stage: int = 1
+    multimodal: bool = False  # stage 2 on: ViT + projector + decoder
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self, world_size: Optional[int] = None) -> "RunConfig":
+        """Checks that the sizes fit together; raises ConfigError naming the key."""
+        self.model.validate()
+        self.data.validate()
+        if self.multimodal:
+            self.vision.validate()
+            self.projector.validate(self.vision)
+        self.train.validate()
+        ExpertLayout(self.model.moe.num_experts, self.parallel.ep_size)  # ep_size must divide the experts
+        if world_size is not None:
+            check_ep_divides_world(self.parallel.ep_size, world_size)
+            self.train.check_batch_fits(world_size)
+        return self
+
+
+def stage_config_path(stage: int) -> Path:
+    if stage not in STAGE_DIRS:
+        raise ConfigError(f"--stage {stage} is not one of {sorted(STAGE_DIRS)}")
+    return REPO_ROOT / "pipelines" / STAGE_DIRS[stage] / "config.yaml"
+
+
+def build_config(
+    stage: int,
+    config_file: Optional[Path] = None,
+    preset: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    world_size: Optional[int] = None,
+) -> RunConfig:
+    """The resolved config of a run: defaults, then presets, then YAML, then overrides.
+
+    `overrides` maps dotted keys (`model.moe.top_k`) to values, already parsed or as strings."""
+    raw = load_yaml(config_file or stage_config_path(stage))
+    raw.setdefault("stage", stage)
+    overrides = dict(overrides or {})
+    preset = preset or overrides.pop("model.preset", None) or raw.get("model", {}).get("preset", "tiny")
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"model.preset={preset!r} is not one of {', '.join(MODEL_PRESETS)}")
+    vision_name = overrides.pop("vision.preset", None) or raw.get("vision", {}).get("preset")
+    vision_name = vision_name or DEFAULT_VISION_PRESET[preset]
+    if vision_name not in VISION_PRESETS:
+        raise ConfigError(f"vision.preset={vision_name!r} is not one of {', '.join(VISION_PRESETS)}")
+    presets = {"model": MODEL_PRESETS[preset], **VISION_PRESETS[vision_name]}
+    names = {"model": {"preset": preset}, "vision": {"preset": vision_name}}
+    config = resolve(RunConfig, [presets, raw, names], overrides)
+    return config.validate(world_size)
+
+
+def load_saved_run_config(path: Path) -> RunConfig:
+    """A config.yaml saved with a checkpoint. Keys this version no longer knows are dropped with
+    a note, so an older checkpoint still loads."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path.parent} has no {path.name}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    model_raw = raw.get("model", {})
+    if isinstance(model_raw.get("activation_checkpointing"), bool):  # saved before the modes existed
+        model_raw["activation_checkpointing"] = "full" if model_raw["activation_checkpointing"] else "none"
+    while True:
+        try:
+            return from_dict(RunConfig, raw, "")
+        except ConfigError as error:
+            match = re.match(r"unknown config key (\S+)", str(error))
+            if not match:
+                raise
+            *parents, leaf = match.group(1).split(".")
+            node = raw
+            for name in parents:
+                node = node[name]
+            del node[leaf]
+            print(f"note: {path}: ignoring {match.group(1)}, unknown to this version", file=sys.stderr)

@@ -56,7 +56,7 @@ def dry_run(args) -> int:
 def train(cfg) -> int:
     import torch
 
-    from aria_train.checkpoint import Checkpointer
+    from aria_train.checkpoint import Checkpointer, TrainingParts
     from aria_train.convert.hf_multimodal import init_vision_tower
     from aria_train.data.stage_data import build_stage_data
     from aria_train.model.build import build_stage_model
@@ -64,7 +64,10 @@ def train(cfg) -> int:
     from aria_train.parallel import distributed as dist_utils
     from aria_train.parallel.expert_parallel import apply_expert_parallel
     from aria_train.parallel.groups import init_parallel_groups
+    from aria_train.train.callbacks import default_callbacks
     from aria_train.train.metrics import MetricsLogger
+    from aria_train.train.run_config import describe_run
+    from aria_train.train.state import TrainState
     from aria_train.train.stopping import StopController
     from aria_train.train.trainer import Trainer
 
@@ -73,7 +76,7 @@ def train(cfg) -> int:
     try:
         torch.manual_seed(cfg.train.seed)
         groups = init_parallel_groups(cfg.parallel.ep_size)
-        logger = MetricsLogger(cfg.logging, dist_utils.rank(), run_config=to_dict(cfg))
+        logger = MetricsLogger(cfg.logging, groups.rank, run_config=to_dict(cfg))
         logger.info(f"stage {cfg.stage} | preset {cfg.model.preset} | world {groups.world_size} | "
                     f"ep-size {groups.ep_size} | device {device.type}")
 
@@ -89,16 +92,17 @@ def train(cfg) -> int:
         optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb)
         logger.info(f"optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
 
-        checkpointer = Checkpointer(cfg, groups, logger)
-        state = checkpointer.maybe_resume(model, optimizer, data.train)
+        parts = TrainingParts(model, optimizer, TrainState(), data.train)
+        checkpointer = Checkpointer(cfg.checkpoint, groups, describe_run(cfg), logger)
+        checkpointer.maybe_resume(parts)
 
-        trainer = Trainer(cfg, model, optimizer, data.train, logger, device,
-                          valid_batches_factory=data.valid_factory, checkpointer=checkpointer, state=state,
-                          stopper=stopper)
+        callbacks = default_callbacks(cfg, device, checkpointer, stopper, data.valid_factory)
+        trainer = Trainer(cfg, parts, logger, device, groups, callbacks)
         history = trainer.fit()
         if history:
             logger.info(f"done: step {trainer.state.step}, first loss {history[0]['loss']:.4f}, "
                         f"last loss {history[-1]['loss']:.4f}")
+        optimizer.close()
         logger.close()
         return 0
     finally:

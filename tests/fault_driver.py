@@ -29,7 +29,7 @@ def install(spec: str) -> None:
         kill_after_checkpoint_data(int(params[0]))
         return
     rank = int(os.environ.get("RANK", "0"))
-    original = trainer_module.Trainer._forward
+    original = trainer_module.Trainer.forward_losses
 
     def faulty_forward(self, batch):
         lm_sum, balance, z, stats = original(self, batch)
@@ -40,7 +40,7 @@ def install(spec: str) -> None:
             time.sleep(float(params[2]))
         return lm_sum, balance, z, stats
 
-    trainer_module.Trainer._forward = faulty_forward
+    trainer_module.Trainer.forward_losses = faulty_forward
 
 
 def kill_after_checkpoint_data(iteration: int) -> None:

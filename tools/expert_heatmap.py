@@ -71,8 +71,8 @@ def stats_from_checkpoint(checkpoint: str, batches: int) -> dict:
     import torch
 
     from aria_train.checkpoint import resolve_load_dir
-    from aria_train.eval.trained_model import load_trained_model
     from aria_train.data.stage_data import build_stage_data
+    from aria_train.eval.trained_model import load_trained_model
     from aria_train.parallel.groups import init_parallel_groups
     from aria_train.train.routing_metrics import RoutingAccumulator
 
@@ -85,7 +85,8 @@ def stats_from_checkpoint(checkpoint: str, batches: int) -> dict:
         def info(message):
             print(message, file=sys.stderr)
 
-    data = build_stage_data(cfg, init_parallel_groups(1), _Quiet())
+    groups = init_parallel_groups(1)
+    data = build_stage_data(cfg, groups, _Quiet())
     acc = RoutingAccumulator(cfg.model.num_layers, cfg.model.moe.num_experts)
     image_token_id = getattr(model, "image_token_id", None)
     with torch.no_grad():
@@ -97,7 +98,7 @@ def stats_from_checkpoint(checkpoint: str, batches: int) -> dict:
                 if is_visual is None and image_token_id is not None and "patches" in batch:
                     is_visual = batch["tokens"] == image_token_id
                 acc.add(out.router_stats, None if is_visual is None else is_visual.reshape(-1))
-    _, counts = acc.reduce_and_reset()
+    _, counts = acc.reduce_and_reset(groups)
     visual = text = None
     if "activation_rate_visual" in counts:
         visual = {"counts": [[r * n for r in row] for row, n in zip(counts["activation_rate_visual"], counts["visual_tokens"])],

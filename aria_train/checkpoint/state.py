@@ -94,7 +94,8 @@ def map_decoder_keys(entries: dict, saved_keys) -> dict[str, str]:
 
 
 # ---- optimizer ------------------------------------------------------------------------------
-def _pieces(value) -> list:
+def as_pieces(value) -> list:
+    """One FlatShard or a list of them, as a list."""
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
@@ -108,7 +109,7 @@ def optimizer_state(optimizer) -> tuple[dict[str, Any], dict]:
     }
     for name, per_state in flat["state"].items():
         for key, value in per_state.items():
-            dcp_value = flat_pieces_to_dcp(_pieces(value))
+            dcp_value = flat_pieces_to_dcp(as_pieces(value))
             if dcp_value is not None:
                 entries[f"{OPTIM_PREFIX}{name}.{key}"] = dcp_value
     return entries, flat
@@ -181,25 +182,27 @@ def local_tensors(value) -> list[torch.Tensor]:
 
 
 # ---- RNG --------------------------------------------------------------------------------------
-def capture_rng() -> bytes:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": None,
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return pickle.dumps(state)
+class ProcessRNG:
+    """The process's python / numpy / torch / CUDA generators as a Stateful part (saved per rank,
+    pickled, under rng_key(rank))."""
 
+    def state_dict(self) -> dict:
+        state = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": None,
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
 
-def restore_rng(blob) -> None:
-    state = blob if isinstance(blob, dict) else decode_pickle(blob)
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
 
 
 # ---- small serialised values ----------------------------------------------------------------

@@ -6,6 +6,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from aria_train.parallel.groups import ParallelGroups
+
 
 def init_distributed(backend: str = "auto", timeout_minutes: float = 10.0) -> torch.device:
     """Initialises the default process group when WORLD_SIZE is set; returns this rank's device."""
@@ -22,29 +24,17 @@ def init_distributed(backend: str = "auto", timeout_minutes: float = 10.0) -> to
     return device
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sums `tensor` over all ranks in place (NCCL needs it on the GPU; the result stays put)."""
-    if not dist.is_initialized():
+def all_reduce_sum(tensor: torch.Tensor, groups: ParallelGroups) -> torch.Tensor:
+    """Sums `tensor` over the world of `groups` in place (NCCL needs it on the GPU; the result
+    stays put). Without torch.distributed the tensor is returned as it is."""
+    if not groups.distributed:
         return tensor
-    if dist.get_backend() == "nccl" and not tensor.is_cuda:
+    if dist.get_backend(groups.world_group) == "nccl" and not tensor.is_cuda:
         on_gpu = tensor.cuda()
-        dist.all_reduce(on_gpu)
+        dist.all_reduce(on_gpu, group=groups.world_group)
         tensor.copy_(on_gpu.cpu())
     else:
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=groups.world_group)
     return tensor
 
 

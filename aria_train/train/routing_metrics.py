@@ -3,7 +3,7 @@ per modality, summed over micro-batches, steps of a log window and ranks.
 
     acc = RoutingAccumulator(num_layers, num_experts)
     acc.add(out.router_stats, is_visual)        # every micro-batch (cheap, stays on the device)
-    metrics, counts = acc.reduce_and_reset()    # at a log step, on every rank (one all-reduce)
+    metrics, counts = acc.reduce_and_reset(groups)   # at a log step, every rank (one all-reduce)
 
 Definitions (per layer; counts are routed assignments, k per token):
   load_max_over_mean  max_e c_e / mean_e c_e   (1 = perfectly balanced, E = all on one expert)
@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from aria_train.parallel import distributed as dist_utils
+from aria_train.parallel.distributed import all_reduce_sum
+from aria_train.parallel.groups import ParallelGroups
 
 
 def modality_expert_counts(top_experts: torch.Tensor, is_visual: torch.Tensor, num_experts: int):
@@ -110,13 +111,13 @@ class RoutingAccumulator:
                 self.modality_counts[layer] += counts.to(self.device)
                 self.modality_tokens[layer] += modality_tokens.to(self.device)
 
-    def reduce_and_reset(self) -> tuple[dict, dict]:
-        """Collective (every rank at the same step). Returns (scalar metrics for JSONL/wandb,
-        per-expert arrays as nested lists for JSONL and the heatmap tool)."""
+    def reduce_and_reset(self, groups: ParallelGroups) -> tuple[dict, dict]:
+        """Collective over the world of `groups` (every rank at the same step). Returns (scalar
+        metrics for JSONL/wandb, per-expert arrays as nested lists for JSONL and the heatmap tool)."""
         L, E = self.num_layers, self.num_experts
         flat = torch.cat([self.tokens_per_expert.reshape(-1), self.modality_counts.reshape(-1),
                           self.modality_tokens.reshape(-1), self.scalars.reshape(-1)])
-        flat = dist_utils.all_reduce_sum(flat).cpu()
+        flat = all_reduce_sum(flat, groups).cpu()
         sizes = [L * E, L * 2 * E, L * 2, L * 4]
         tpe, mcounts, mtokens, scalars = torch.split(flat, sizes)
         tpe, mcounts, mtokens, scalars = tpe.view(L, E), mcounts.view(L, 2, E), mtokens.view(L, 2), scalars.view(L, 4)

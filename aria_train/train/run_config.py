@@ -18,7 +18,8 @@ from typing import Any, Optional
 import yaml
 
 from aria_train.checkpoint.config import CheckpointConfig
-from aria_train.config import ConfigError, load_yaml, resolve
+from aria_train.checkpoint.parts import RunDescription
+from aria_train.config import ConfigError, load_yaml, resolve, to_dict
 from aria_train.config.loader import from_dict
 from aria_train.config.presets import DEFAULT_VISION_PRESET, MODEL_PRESETS, VISION_PRESETS
 from aria_train.data.config import DataConfig
@@ -62,6 +63,12 @@ class RunConfig:
             check_ep_divides_world(self.parallel.ep_size, world_size)
             self.train.check_batch_fits(world_size)
         return self
+
+
+def describe_run(cfg: RunConfig) -> RunDescription:
+    """What the run's checkpoints record about it."""
+    return RunDescription(config=to_dict(cfg), stage=cfg.stage, model_preset=cfg.model.preset,
+                          rope_base=cfg.model.rope_base, num_experts=cfg.model.moe.num_experts)
 
 
 def stage_config_path(stage: int) -> Path:

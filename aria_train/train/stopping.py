@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from aria_train.parallel.groups import ParallelGroups
 from aria_train.train.config import TrainConfig
 
 REASONS = {1: "signal", 2: "exit-duration"}
@@ -37,8 +38,8 @@ class StopController:
     def _on_signal(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
 
-    def agreed_reason(self) -> Optional[str]:
-        """Collective: every rank must call it at the same step."""
+    def agreed_reason(self, groups: ParallelGroups) -> Optional[str]:
+        """Collective over the world of `groups`: every rank must call it at the same step."""
         code = 0
         if self.received is not None:
             code = 1
@@ -46,8 +47,8 @@ class StopController:
             code = 2
         flag = torch.tensor([code], dtype=torch.int32,
                             device=self.device if self.device.type == "cuda" else "cpu")
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if groups.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=groups.world_group)
         return REASONS.get(int(flag.item()))
 
     def restore(self) -> None:

@@ -1,8 +1,9 @@
-"""The training loop: one step = micro-batches forward/backward, gradient sync, optimizer step.
+"""The training loop: one step = micro-batches forward/backward, gradient sync, optimizer step;
+around it, callbacks (aria_train.train.callbacks) log, evaluate, save and decide when to stop.
 
-Read `fit` top to bottom for the story of a run; `train_step` for one step. Parallelism is
-already applied to the model and optimizer from outside (launch/pretrain.py); the loop only
-follows the loss convention of aria_train.train.loss.
+Read `fit` for the story of a run, `train_step` for one step. Parallelism is already applied to
+the model and optimizer from outside (launch/pretrain.py); the loop only follows the loss
+convention of aria_train.train.loss and reduces over the process groups it is given.
 """
 
 import contextlib
@@ -10,27 +11,21 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-from aria_train.train.run_config import RunConfig
+from aria_train.checkpoint import TrainingParts
 from aria_train.errors import UserError
-from aria_train.parallel import distributed as dist_utils
-from aria_train.train.flops import peak_flops, train_flops_per_token
+from aria_train.parallel.distributed import all_reduce_sum
+from aria_train.parallel.groups import ParallelGroups
+from aria_train.train.callbacks import AbortTraining, Callback
 from aria_train.train.loss import chunked_cross_entropy_sum
 from aria_train.train.metrics import MetricsLogger
-from aria_train.train.routing_metrics import RoutingAccumulator, console_summary
+from aria_train.train.routing_metrics import RoutingAccumulator
+from aria_train.train.run_config import RunConfig
 from aria_train.train.schedule import learning_rate
 from aria_train.train.step_timer import StepTimer
-from aria_train.train.stopping import StopController
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps done (skipped non-finite steps included)
-    consumed_samples: int = 0  # global samples consumed by those steps
-    skipped_steps: int = 0  # steps whose update was skipped for a non-finite loss or gradient
 
 
 @dataclass
@@ -41,186 +36,125 @@ class StepLosses:
 
 
 class Trainer:
-    def __init__(
-        self,
-        cfg: RunConfig,
-        model: torch.nn.Module,
-        optimizer,
-        train_batches,
-        logger: MetricsLogger,
-        device: torch.device,
-        valid_batches_factory: Optional[Callable[[], object]] = None,
-        checkpointer=None,
-        state: Optional[TrainState] = None,
-        stopper: Optional[StopController] = None,
-    ):
+    def __init__(self, cfg: RunConfig, parts: TrainingParts, logger: MetricsLogger, device: torch.device,
+                 groups: ParallelGroups, callbacks: list[Callback]):
         self.cfg = cfg
-        self.model = model
-        self.optimizer = optimizer
-        self.train_batches = train_batches
-        self.valid_batches_factory = valid_batches_factory
+        self.parts = parts
+        self.model, self.optimizer, self.state = parts.model, parts.optimizer, parts.train_state
+        self.train_batches = parts.data
         self.logger = logger
         self.device = device
-        self.checkpointer = checkpointer
-        self.state = state or TrainState()
-        self.stopper = stopper
-        self.world = dist_utils.world_size()
+        self.groups = groups
+        self.callbacks = callbacks
         self.timer = StepTimer(device)
-        self.flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_length)
-        self.peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
         self.routing = RoutingAccumulator(cfg.model.num_layers, cfg.model.moe.num_experts, device)
-        self._activity = "start-up"  # what the loop is doing, for a collective-timeout message
+        self.history: list[dict] = []
+        self.stop_reason: Optional[str] = None  # set by a callback: the run ends after this step
+        self.activity = "start-up"  # what the loop is doing, for a collective-timeout message
 
     # ---- the run ----------------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        """Trains until train_iters, a stop request or an error. Rank 0 leaves LOG_DIR/exit_status
-        ("<reason> <step>"; reason: finished | signal | exit-duration | exit-interval |
-        nonfinite | error) for job chaining (launch/slurm/run_job.sh)."""
-        cfg = self.cfg
-        history = []
-        stopper = self.stopper or StopController(cfg.train, self.device)
-        consecutive_nonfinite = 0
-        window_seconds, window_tokens, window_image_tokens = 0.0, 0, 0  # training time only: no eval or saves
+        """Trains until train_iters, a stop request or an error; returns every step's metrics."""
         exit_reason = "error"
         try:
-            while self.state.step < cfg.train.train_iters:
-                self.timer.reset()
-                self._activity = "data loading"
-                with self.timer.phase("data"):
-                    micro_batches = self.train_batches.next_global_batch()
-                metrics = self.train_step(micro_batches)
-                self.state.step += 1
-                self.state.consumed_samples += cfg.train.global_batch_size
-                window_tokens += cfg.train.global_batch_size * cfg.data.seq_length
-                window_image_tokens += metrics.get("image_tokens", 0)
-                window_seconds += metrics["step_time_s"]
-                history.append(metrics)
-
-                if metrics["skipped"]:
-                    self.state.skipped_steps += 1
-                    consecutive_nonfinite += 1
-                    self.logger.info(f"step {self.state.step}: non-finite loss or gradient norm, update skipped "
-                                     f"({consecutive_nonfinite} in a row, {self.state.skipped_steps} in all)")
-                    if consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
-                        exit_reason = "nonfinite"
-                        raise UserError(
-                            f"{consecutive_nonfinite} consecutive non-finite steps up to step {self.state.step} "
-                            f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); stopping without "
-                            f"saving (the last good checkpoint is kept)"
-                        )
-                else:
-                    consecutive_nonfinite = 0
-
-                if self.state.step % cfg.logging.log_interval == 0 or self.state.step == cfg.train.train_iters:
-                    self._activity = "router statistics all_reduce"
-                    routing, routing_counts = self.routing.reduce_and_reset()
-                    metrics.update(routing)
-                    metrics["router_counts"] = routing_counts
-                    seconds = max(window_seconds, 1e-9)
-                    metrics["tokens_per_s"] = window_tokens / seconds
-                    metrics["tokens_per_s_per_rank"] = window_tokens / seconds / self.world
-                    if cfg.multimodal:
-                        metrics["visual_tokens_per_s"] = window_image_tokens / seconds
-                        metrics["text_tokens_per_s"] = (window_tokens - window_image_tokens) / seconds
-                    if self.peak is not None:
-                        metrics["mfu"] = window_tokens * self.flops_per_token / seconds / self.world / self.peak
-                    metrics["skipped_steps"] = self.state.skipped_steps
-                    metrics["console_extras"] = console_summary(routing)
-                    self.logger.log(metrics)
-                    window_seconds, window_tokens, window_image_tokens = 0.0, 0, 0
-                if self._eval_due():
-                    self._activity = "validation"
-                    valid_loss = self.evaluate()
-                    self.logger.log({"step": self.state.step, "valid_loss": valid_loss,
-                                     "console_extras": f"validation loss {valid_loss:.4f}"})
-
-                self._activity = "stop agreement all_reduce"
-                stop_reason = stopper.agreed_reason()
-                if cfg.train.exit_interval is not None and self.state.step >= cfg.train.exit_interval:
-                    stop_reason = stop_reason or "exit-interval"
-                # No periodic save inside a non-finite streak: a good checkpoint is not pruned for
-                # one whose step was skipped. A stop request still saves (the weights are the last
-                # good ones: skipped steps do not update them).
-                if self.checkpointer is not None and (stop_reason or (self._save_due() and not consecutive_nonfinite)):
-                    self._activity = "checkpoint save"
-                    self.checkpointer.save(self)
-                if stop_reason:
-                    self.logger.info(f"stopping at step {self.state.step}: {stop_reason}")
-                    exit_reason = stop_reason
-                    break
-            else:
-                exit_reason = "finished"
+            self._call("pre_train")
+            while self.state.step < self.cfg.train.train_iters and self.stop_reason is None:
+                metrics = self.train_step(self._next_global_batch())
+                self.state.advance(self.cfg.train.global_batch_size, skipped=metrics["skipped"])
+                self.history.append(metrics)
+                self._call("post_step", metrics)
+            if self.stop_reason:
+                self.logger.info(f"stopping at step {self.state.step}: {self.stop_reason}")
+            exit_reason = self.stop_reason or "finished"
+        except AbortTraining as error:
+            exit_reason = error.exit_reason
+            raise
         except RuntimeError as error:
             if isinstance(error, UserError) or not _is_timeout(error):
                 raise
             raise UserError(self._timeout_message(error)) from error
         finally:
-            stopper.restore()
+            self._post_train(exit_reason)
+        return self.history
+
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def _post_train(self, exit_reason: str) -> None:
+        """Every callback's post_train, even when one fails (the first error is raised after)."""
+        first_error = None
+        for callback in self.callbacks:
             try:
-                if self.checkpointer is not None and exit_reason != "error":
-                    self._activity = "checkpoint finalize"
-                    self.checkpointer.finalize(self)
-            finally:
-                self.logger.write_exit_status(exit_reason, self.state.step)
-        return history
+                callback.post_train(self, exit_reason)
+            except BaseException as error:  # noqa: B036 - re-raised below
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+
+    def _next_global_batch(self) -> list[dict]:
+        self.timer.reset()
+        self.activity = "data loading"
+        with self.timer.phase("data"):
+            return self.train_batches.next_global_batch()
 
     def _timeout_message(self, error: BaseException) -> str:
         seconds = self.cfg.parallel.timeout_minutes * 60
         detail = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         detail = re.sub(r"^\[[^\]]*\]\s*", "", detail)  # gloo's "[.../unbound_buffer.cc:78] " prefix
-        message = (f"collective timed out after {seconds:g} s during {self._activity} at step {self.state.step + 1} "
-                   f"(rank {dist_utils.rank()}): another rank stalled or died; backend said: {detail}; "
+        message = (f"collective timed out after {seconds:g} s during {self.activity} at step {self.state.step + 1} "
+                   f"(rank {self.groups.rank}): another rank stalled or died; backend said: {detail}; "
                    f"raise parallel.timeout_minutes if steps are legitimately this slow")
-        if dist_utils.rank() != 0:  # launch/pretrain.py prints errors of rank 0 only
+        if self.groups.rank != 0:  # launch/pretrain.py prints errors of rank 0 only
             print(f"error: {message}", file=sys.stderr, flush=True)
         return message
-
-    def _save_due(self) -> bool:
-        interval = self.cfg.checkpoint.save_interval
-        last = self.state.step == self.cfg.train.train_iters
-        return bool(self.cfg.checkpoint.save) and (bool(interval and self.state.step % interval == 0) or last)
-
-    def _eval_due(self) -> bool:
-        interval = self.cfg.train.eval_interval
-        return bool(self.valid_batches_factory and interval and self.state.step % interval == 0)
 
     # ---- one step ---------------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict]) -> dict:
         """One optimizer step. The step timer is reset by the caller (fit) before the data."""
         self.model.train()
-        num_micro = len(micro_batches)
-        self._activity = "token count all_reduce"
+        self.activity = "token count all_reduce"
         global_tokens = self._global_token_count(micro_batches)
+        sums = self._accumulate_gradients(micro_batches, global_tokens)
+        self.activity = "gradient reduce-scatter/all-reduce wait"
+        with self.timer.phase("grad_sync_wait"):
+            self.optimizer.finish_grad_sync()
+        lr = learning_rate(self.state.step, self.cfg.train.train_iters, self.cfg.optimizer, self.cfg.schedule)
+        self.activity = "optimizer step (gradient-norm all_reduce, parameter all-gather)"
+        with self.timer.phase("optimizer"):
+            grad_norm = float(self.optimizer.step(lr))
+        return self._step_metrics(micro_batches, sums, global_tokens, lr, grad_norm)
+
+    def _accumulate_gradients(self, micro_batches: list[dict], global_tokens: float) -> StepLosses:
+        """Forward and backward of every micro-batch; gradients accumulate (summed, see
+        aria_train.optim.protocol). Returns this rank's detached loss sums."""
+        num_micro, world = len(micro_batches), self.groups.world_size
         self.optimizer.zero_grad()
         sums = StepLosses(*(torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(3)))
         for index, batch in enumerate(micro_batches):
             self.optimizer.begin_microbatch(is_last=index == num_micro - 1)
-            self._activity = "forward (expert all-to-all)"
+            self.activity = "forward (expert all-to-all)"
             with self.timer.phase("forward"):
-                lm_sum, balance, z, router_stats = self._forward(batch)
+                lm_sum, balance, z, router_stats = self.forward_losses(batch)
                 # Local share of the global loss: summed over ranks and micro-batches it is the
                 # token-mean LM loss plus the balance losses averaged over micro-batches and ranks.
-                loss = lm_sum / global_tokens + (balance + z) / (self.world * num_micro)
-            self._activity = "backward (expert all-to-all, gradient reduce-scatter)"
+                loss = lm_sum / global_tokens + (balance + z) / (world * num_micro)
+            self.activity = "backward (expert all-to-all, gradient reduce-scatter)"
             with self.timer.phase("backward"):
                 loss.backward()
             self.routing.add(router_stats, self._visual_mask(batch))
             sums.lm_sum += lm_sum.detach().double()
-            sums.balance += balance.detach().double() / (self.world * num_micro)
-            sums.z += z.detach().double() / (self.world * num_micro)
-        self._activity = "gradient reduce-scatter/all-reduce wait"
-        with self.timer.phase("grad_sync_wait"):
-            self.optimizer.finish_grad_sync()
-        lr = learning_rate(self.state.step, self.cfg.train.train_iters, self.cfg.optimizer, self.cfg.schedule)
-        self._activity = "optimizer step (gradient-norm all_reduce, parameter all-gather)"
-        with self.timer.phase("optimizer"):
-            grad_norm = float(self.optimizer.step(lr))
+            sums.balance += balance.detach().double() / (world * num_micro)
+            sums.z += z.detach().double() / (world * num_micro)
+        return sums
 
-        self._activity = "loss all_reduce"
+    def _step_metrics(self, micro_batches, sums: StepLosses, global_tokens: float, lr: float,
+                      grad_norm: float) -> dict:
+        self.activity = "loss all_reduce"
         image_tokens = sum(int(b.get("num_image_tokens", 0)) for b in micro_batches)
         images = sum(len(b.get("grid") or ()) for b in micro_batches)
         counts = torch.tensor([image_tokens, images], dtype=torch.float64, device=self.device)
-        reduced = dist_utils.all_reduce_sum(torch.cat([torch.stack([sums.lm_sum, sums.balance, sums.z]), counts]))
+        reduced = all_reduce_sum(torch.cat([torch.stack([sums.lm_sum, sums.balance, sums.z]), counts]), self.groups)
         lm_loss = reduced[0].item() / global_tokens
         balance, z = reduced[1].item(), reduced[2].item()
         loss = lm_loss + balance + z
@@ -241,7 +175,8 @@ class Trainer:
             metrics["image_crops"] = int(reduced[4].item())
         return metrics
 
-    def _forward(self, batch: dict):
+    def forward_losses(self, batch: dict):
+        """One micro-batch forward -> (summed token CE, balance loss, z-loss, router stats)."""
         tokens = batch["tokens"].to(self.device, non_blocking=True)
         labels = batch["labels"].to(self.device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(self.device, non_blocking=True)
@@ -270,7 +205,7 @@ class Trainer:
 
     def _global_token_count(self, micro_batches: list[dict]) -> float:
         count = torch.tensor(sum(float(b["loss_mask"].sum()) for b in micro_batches), dtype=torch.float64)
-        return max(dist_utils.all_reduce_sum(count).item(), 1.0)
+        return max(all_reduce_sum(count, self.groups).item(), 1.0)
 
     def _autocast(self):
         precision = self.cfg.train.precision
@@ -278,22 +213,6 @@ class Trainer:
         if use_bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    # ---- validation -------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        self.model.eval()
-        batches = self.valid_batches_factory()
-        lm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        tokens = torch.zeros((), dtype=torch.float64, device=self.device)
-        for _ in range(self.cfg.train.eval_iters):
-            for batch in batches.next_global_batch():
-                batch_sum, _, _, _ = self._forward(batch)
-                lm_sum += batch_sum.double()
-                tokens += float(batch["loss_mask"].sum())
-        totals = dist_utils.all_reduce_sum(torch.stack([lm_sum, tokens]))
-        self.model.train()
-        return (totals[0] / totals[1].clamp(min=1)).item()
 
 
 def _is_timeout(error: BaseException) -> bool:

@@ -118,31 +118,39 @@ def assemble(dump_dir: Path, world: int) -> dict:
     return {"model": model, "optim": optim, "steps": steps}
 
 
-def _trainer(model, optimizer, step: int):
-    from aria_train.train.trainer import TrainState
+def training_parts(model, optimizer, step: int = 0, with_data: bool = True):
+    """What the trainer hands the checkpointer: the model, the optimizer, the train state at
+    `step` (4 samples a step) and a stand-in data iterator."""
+    from aria_train.checkpoint import TrainingParts
+    from aria_train.train.state import TrainState
 
-    batches = SimpleNamespace(consumed=step * 4)
-    batches.state_dict = lambda: {"consumed_samples": batches.consumed}
-    batches.load_state_dict = lambda s: setattr(batches, "consumed", s["consumed_samples"])
-    return SimpleNamespace(state=TrainState(step=step, consumed_samples=step * 4), model=model,
-                           optimizer=optimizer, train_batches=batches)
+    batches = None
+    if with_data:
+        batches = SimpleNamespace(consumed=step * 4)
+        batches.state_dict = lambda: {"consumed_samples": batches.consumed}
+        batches.load_state_dict = lambda s: setattr(batches, "consumed", s["consumed_samples"])
+    return TrainingParts(model, optimizer, TrainState(step=step, consumed_samples=step * 4), batches)
+
+
+def checkpointer(cfg, groups):
+    from aria_train.checkpoint import Checkpointer
+    from aria_train.train.run_config import describe_run
+
+    return Checkpointer(cfg.checkpoint, groups, describe_run(cfg))
 
 
 def save_worker(rank: int, world: int, ep: int, root: str, dump_dir: str, async_save: bool) -> None:
     """2 steps, dump the state, save iter 2, one more step, finalize."""
-    from aria_train.checkpoint import Checkpointer
-
     cfg = tiny_run_config(save=root, ep_size=ep, async_save=async_save)
     groups, model, optimizer = build_parts(cfg)
     train_steps(model, optimizer, groups, 2)
     dump_state(model, optimizer, Path(dump_dir) / f"rank{rank}.pt")
-    checkpointer = Checkpointer(cfg, groups)
-    trainer = _trainer(model, optimizer, 2)
-    checkpointer.save(trainer)
+    saver = checkpointer(cfg, groups)
+    saver.save(training_parts(model, optimizer, 2))
     # the step after the checkpoint in the original layout (with async_save it runs while the
     # background thread writes, changing the live state the checkpoint was taken from)
     losses = train_steps(model, optimizer, groups, 1, first_step=2)
-    checkpointer.finalize(trainer)
+    saver.finalize()
     if rank == 0:
         (Path(dump_dir) / "next_loss.json").write_text(json.dumps(losses))
 
@@ -150,22 +158,21 @@ def save_worker(rank: int, world: int, ep: int, root: str, dump_dir: str, async_
 def load_worker(rank: int, world: int, ep: int, load: str, dump_dir: str, weights_only_dir: str = "") -> None:
     """Loads `load` into a fresh model + optimizer at this layout and dumps the state; then one
     more step. With weights_only_dir, first also a --no-load-optim load, dumped there."""
-    from aria_train.checkpoint import Checkpointer
-
     if weights_only_dir:
         cfg = tiny_run_config(load=load, ep_size=ep, load_optim=False)
         groups, model, optimizer = build_parts(cfg)
-        batches = _trainer(model, optimizer, 0).train_batches
-        assert Checkpointer(cfg, groups).maybe_resume(model, optimizer, batches) is None
-        assert batches.consumed == 0
+        parts = training_parts(model, optimizer)
+        assert checkpointer(cfg, groups).maybe_resume(parts) is None
+        assert parts.data.consumed == 0
         dump_state(model, optimizer, Path(weights_only_dir) / f"rank{rank}.pt")
 
     cfg = tiny_run_config(load=load, ep_size=ep)
     groups, model, optimizer = build_parts(cfg)
-    batches = _trainer(model, optimizer, 0).train_batches
-    state = Checkpointer(cfg, groups).maybe_resume(model, optimizer, batches)
-    assert state is not None and (state.step, state.consumed_samples) == (2, 8), state
-    assert batches.consumed == 8
+    parts = training_parts(model, optimizer)
+    assert checkpointer(cfg, groups).maybe_resume(parts) == 2
+    state = parts.train_state
+    assert (state.step, state.consumed_samples) == (2, 8), state
+    assert parts.data.consumed == 8
     dump_state(model, optimizer, Path(dump_dir) / f"rank{rank}.pt")
     losses = train_steps(model, optimizer, groups, 1, first_step=2)  # the loaded state trains on
     if rank == 0:

@@ -13,7 +13,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ckpt_workers as workers  # noqa: E402
 
-from aria_train.checkpoint import Checkpointer  # noqa: E402
 from aria_train.checkpoint import layout  # noqa: E402
 from aria_train.errors import UserError  # noqa: E402
 
@@ -91,7 +90,9 @@ def test_single_process_load(saved, tmp_path):
     _, root, ref = saved
     cfg = workers.tiny_run_config(load=str(root))
     groups, model, optimizer = workers.build_parts(cfg)
-    state = Checkpointer(cfg, groups).maybe_resume(model, optimizer, None)
+    parts = workers.training_parts(model, optimizer, with_data=False)
+    assert workers.checkpointer(cfg, groups).maybe_resume(parts) == 2
+    state = parts.train_state
     assert (state.step, state.consumed_samples) == (2, 8)
     workers.dump_state(model, optimizer, tmp_path / "rank0.pt")
     _assert_same_state(ref, workers.assemble(tmp_path, 1), "world 1")
@@ -101,7 +102,7 @@ def _resume_error(load) -> str:
     cfg = workers.tiny_run_config(load=str(load))
     groups, model, optimizer = workers.build_parts(cfg)
     with pytest.raises(UserError) as info:
-        Checkpointer(cfg, groups).maybe_resume(model, optimizer, None)
+        workers.checkpointer(cfg, groups).maybe_resume(workers.training_parts(model, optimizer, with_data=False))
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -140,7 +141,7 @@ def test_model_mismatch_is_user_error(saved):
     cfg.model.hidden_size, cfg.model.num_heads = 32, 2
     groups, model, optimizer = workers.build_parts(cfg)
     with pytest.raises(UserError) as info:
-        Checkpointer(cfg, groups).maybe_resume(model, optimizer, None)
+        workers.checkpointer(cfg, groups).maybe_resume(workers.training_parts(model, optimizer, with_data=False))
     assert "does not fit this model" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -159,7 +160,7 @@ def test_text_checkpoint_into_multimodal_model(saved):
     model.vision_tower = nn.Linear(3, 5)
     before = model.vision_tower.weight.detach().clone()
     optimizer = build_optimizer(model, cfg.optimizer, groups)
-    assert Checkpointer(cfg, groups).maybe_resume(model, optimizer, None) is None
+    assert workers.checkpointer(cfg, groups).maybe_resume(workers.training_parts(model, optimizer, with_data=False)) is None
     assert torch.equal(model.vision_tower.weight, before)
     from aria_train.checkpoint import state as ckpt_state
 

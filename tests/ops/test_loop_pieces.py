@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from aria_train.parallel.groups import ParallelGroups
 from aria_train.train.config import LoggingConfig, TrainConfig
 from aria_train.train.metrics import MetricsLogger, console_line
 from aria_train.train.step_timer import StepTimer
@@ -19,15 +20,15 @@ def test_stop_controller_signal_and_duration():
     previous = signal.getsignal(signal.SIGUSR1)
     stopper = StopController(TrainConfig(exit_signals=["SIGUSR1"]), torch.device("cpu"))
     try:
-        assert stopper.agreed_reason() is None
+        assert stopper.agreed_reason(ParallelGroups()) is None
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert stopper.agreed_reason() == "signal"
+        assert stopper.agreed_reason(ParallelGroups()) == "signal"
     finally:
         stopper.restore()
     assert signal.getsignal(signal.SIGUSR1) == previous
     stopper = StopController(TrainConfig(exit_signals=[], exit_duration_mins=0.0001), torch.device("cpu"))
     time.sleep(0.01)
-    assert stopper.agreed_reason() == "exit-duration"
+    assert stopper.agreed_reason(ParallelGroups()) == "exit-duration"
 
 
 def test_step_timer_phases_and_other_add_up_to_the_step():

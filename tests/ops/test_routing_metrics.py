@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from aria_train.moe.layer import RouterStats
+from aria_train.parallel.groups import ParallelGroups
 from aria_train.train.routing_metrics import (RoutingAccumulator, console_summary, expert_activation_rates,
                                               load_balance, visual_specialisation)
 
@@ -61,7 +62,7 @@ def test_accumulator_sums_micro_batches_and_summarises_per_layer():
     acc.add([_stats([[0, 1], [0, 1]], 4, lse=1.0), _stats([[0, 1], [2, 3]], 4, dropped=1, entropy=1.0)])
     acc.add([_stats([[0, 2], [0, 3]], 4, lse=3.0), _stats([[0, 1], [2, 3]], 4, entropy=3.0)],
             is_visual=torch.tensor([True, False]))
-    metrics, counts = acc.reduce_and_reset()
+    metrics, counts = acc.reduce_and_reset(ParallelGroups())
     assert counts["tokens_per_expert"] == [[4, 2, 1, 1], [2, 2, 2, 2]]
     assert metrics["router/layer00/load_max_over_mean"] == pytest.approx(2.0)
     assert metrics["router/layer01/load_max_over_mean"] == pytest.approx(1.0)
@@ -80,7 +81,7 @@ def test_accumulator_sums_micro_batches_and_summarises_per_layer():
     assert "drop 6.2%" in console_summary(metrics)
     # reset: the next window starts empty
     acc.add([_stats([[0, 1]], 4), _stats([[2, 3]], 4)])
-    _, counts = acc.reduce_and_reset()
+    _, counts = acc.reduce_and_reset(ParallelGroups())
     assert counts["tokens_per_expert"] == [[1, 1, 0, 0], [0, 0, 1, 1]]
     assert "activation_rate_visual" not in counts  # text only
 
@@ -98,7 +99,7 @@ def test_the_moe_layer_stats_feed_the_accumulator():
     out = layer(torch.randn(32, 16))
     acc = RoutingAccumulator(1, 8)
     acc.add([out.stats])
-    metrics, counts = acc.reduce_and_reset()
+    metrics, counts = acc.reduce_and_reset(ParallelGroups())
     assert sum(counts["tokens_per_expert"][0]) == 64
     assert 0 < metrics["router/dropped_frac"] < 1  # capacity 0.5: about half are dropped
     assert 0 < metrics["router/layer00/entropy"] <= math.log(8) + 1e-6

@@ -21,7 +21,7 @@ setup(
         "matplotlib",  # tools/expert_heatmap.py
     ],
     extras_require={
-        "dev": ["pytest"],
+        "dev": ["pytest", "import-linter>=2.12"],  # import-linter: tests/test_architecture.py
         # Optional GPU accelerators; the plain-torch path never needs them.
         "gpu": ["transformer-engine", "apex", "grouped_gemm"],
     },

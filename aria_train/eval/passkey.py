@@ -84,9 +84,6 @@ class PasskeyBuilder:
     def answer(self, key: str) -> list[int]:
         return self.tokenizer.encode(ANSWER.format(key=key))
 
-    def min_length(self, key: str = "1" * 9) -> int:
-        return len(self.intro) + len(self.needle(key)) + len(self.question)
-
     def build(self, length: int, depth: float, key: str) -> PasskeyPrompt:
         if not 0.0 <= depth <= 1.0:
             raise ValueError(f"depth {depth} is not in [0, 1]")

@@ -20,10 +20,6 @@ class RotaryEmbedding(nn.Module):
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
         return 1.0 / (self.base**exponents)
 
-    def set_base(self, base: float) -> None:
-        self.base = float(base)
-        self.inv_freq = self._inv_freq().to(self.inv_freq.device)
-
     def reset_parameters(self) -> None:  # called after meta-device materialisation
         self.inv_freq = self._inv_freq().to(self.inv_freq.device)
 

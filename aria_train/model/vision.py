@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,38 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from aria_train.model.vision_config import VisionConfig
-
-Grid = Union[Sequence[tuple[int, int]], torch.Tensor]  # per image (h_patches, w_patches); or LongTensor [N, 2]
-
-
-# --------------------------------------------------------------------------------------------
-# Packing helpers
-
-
-def patchify(image: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """image [C, H, W] (H, W multiples of patch_size) -> (patches [h*w, C*p*p], (h, w)).
-
-    Patches are in row-major order; each is flattened in (c, y, x) order, the order of a
-    Conv2d weight [D, C, p, p] flattened to [D, C*p*p].
-    """
-    c, height, width = image.shape
-    if height % patch_size or width % patch_size:
-        raise ValueError(f"image {height}x{width} is not a multiple of the patch size {patch_size}")
-    h, w = height // patch_size, width // patch_size
-    patches = image.reshape(c, h, patch_size, w, patch_size).permute(1, 3, 0, 2, 4).reshape(h * w, -1)
-    return patches, (h, w)
-
-
-def pack_images(images: Sequence[torch.Tensor], patch_size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """list of [C, H_i, W_i] -> (patches [sum h_i*w_i, C*p*p], grid [(h_i, w_i)])."""
-    out = [patchify(img, patch_size) for img in images]
-    return torch.cat([p for p, _ in out]), [g for _, g in out]
-
-
-def grid_list(grid: Grid) -> list[tuple[int, int]]:
-    if isinstance(grid, torch.Tensor):
-        grid = grid.tolist()
-    return [(int(h), int(w)) for h, w in grid]
+from aria_train.nn.image_patches import Grid, grid_list, pack_images, patchify  # noqa: F401 (re-exported)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -162,7 +131,11 @@ def packed_attention(
             attn_mask=mask,
         )
         return out.squeeze(0).transpose(0, 1)
-    # loop: one batched SDPA per distinct (query length, key length).
+    return _loop_attention(q, k, v, seg_q, seg_k)
+
+
+def _loop_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_q: Segments, seg_k: Segments) -> torch.Tensor:
+    """packed_attention's "loop" backend: one batched SDPA per distinct (query length, key length)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, key in enumerate(zip(seg_q.lengths, seg_k.lengths)):
         groups.setdefault(key, []).append(i)

@@ -36,14 +36,9 @@ class VisionConfig:
     def num_patches_per_side(self) -> int:
         return self.image_size // self.patch_size
 
-    @property
-    def patch_dim(self) -> int:
-        """Length of one flattened patch: channels x patch x patch, in (c, y, x) order."""
-        return self.num_channels * self.patch_size * self.patch_size
-
     def validate(self) -> "VisionConfig":
-        require_positive(self, "vision", "hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
-                  "image_size", "num_channels")
+        require_positive(self, "vision", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                         "patch_size", "image_size", "num_channels")
         if self.hidden_size % self.num_heads != 0:
             raise ConfigError(f"vision.num_heads={self.num_heads} does not divide vision.hidden_size={self.hidden_size}")
         if self.image_size % self.patch_size != 0:

@@ -42,7 +42,15 @@ from torch import nn
 
 from aria_train.optim.config import OptimizerConfig
 from aria_train.optim.clip import clip_coefficient
-from aria_train.optim.flat_state import STATE_FORMAT, FlatShard, ParamRule, check_format, collect_params, copy_overlap
+from aria_train.optim.flat_state import (
+    STATE_FORMAT,
+    STATE_KEYS,
+    FlatShard,
+    ParamRule,
+    check_format,
+    collect_params,
+    copy_overlap,
+)
 from aria_train.optim.zero1_buckets import Bucket, Entry, allocate_buffers, make_buckets
 from aria_train.parallel.groups import ParallelGroups
 
@@ -242,7 +250,7 @@ class Zero1Optimizer:
             if info.name not in state["state"]:
                 raise KeyError(f"optimizer state has no entry for parameter {info.name}")
             per_state = state["state"][info.name]
-            for key in ("master", "exp_avg", "exp_avg_sq"):
+            for key in STATE_KEYS:
                 dest = getattr(bucket, key)[lo:hi]
                 copied = copy_overlap(dest, offset, per_state[key])
                 if copied != hi - lo:

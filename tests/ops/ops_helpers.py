@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tools"))  # slurm_templates
 from spawn_world import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 PRETRAIN = ROOT / "launch" / "pretrain.py"

@@ -53,7 +53,7 @@ def test_sigterm_saves_exits_zero_and_resume_continues(tmp_path):
 def test_sigusr1_through_slurm_launcher_forwards_to_workers(tmp_path):
     """launch/slurm/torchrun_from_slurm.sh on a one-node fake allocation: SIGUSR1 to the script
     (as `#SBATCH --signal=USR1@120` sends it) reaches the workers, torchrun survives it, all exit 0."""
-    from aria_train.slurm_templates import _write_stubs
+    from slurm_templates import _write_stubs
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

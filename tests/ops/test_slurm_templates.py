@@ -2,10 +2,13 @@
 job-chaining decision (run the real scripts with stand-ins for srun/scontrol/sbatch)."""
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from aria_train.slurm_templates import SLURM_DIR, dry_run_job, expand_hostlist, render_sbatch
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from slurm_templates import SLURM_DIR, dry_run_job, expand_hostlist, render_sbatch  # noqa: E402
 
 ROOT = SLURM_DIR.parents[1]
 SCRIPTS = sorted(SLURM_DIR.glob("*.sbatch")) + sorted(SLURM_DIR.glob("*.sh"))

@@ -40,8 +40,6 @@ def build_shards_from_jsonl(
     check_images: bool = True,
 ) -> dict:
     """-> {"shards": [...], "samples": n, "bad_samples": n, "kinds": {kind: n}}"""
-    from PIL import Image
-
     path = Path(jsonl)
     if not path.is_file():
         raise DataError(f"jsonl {jsonl}: file not found")
@@ -72,19 +70,7 @@ def build_shards_from_jsonl(
                 if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                     raise BadSample("'images' is not a list of paths")
                 kind = validate_sample(meta, set(range(len(paths))))
-                images = []
-                for i, p in enumerate(paths):
-                    file = Path(p) if os.path.isabs(p) else root / p
-                    if not file.is_file():
-                        raise BadSample(f"image {i}: {file} not found")
-                    data = file.read_bytes()
-                    if check_images:
-                        try:
-                            with Image.open(io.BytesIO(data)) as img:
-                                img.verify()
-                        except Exception as err:
-                            raise BadSample(f"image {i}: {file.name}: {err}")
-                    images.append((file.suffix.lstrip(".").lower() or "bin", data))
+                images = _read_images(paths, root, check_images)
                 writer.write(key, meta, images)
                 kinds[kind] = kinds.get(kind, 0) + 1
             except BadSample as err:
@@ -92,3 +78,23 @@ def build_shards_from_jsonl(
             except DataError as err:  # duplicate key and such
                 bad.report(f"{jsonl}:{n + 1}", key, str(err))
     return {"shards": writer.shards, "samples": writer.num_samples, "bad_samples": bad.count, "kinds": kinds}
+
+
+def _read_images(paths: list, root: Path, check_images: bool) -> list:
+    """(extension, bytes) of each image file; BadSample naming the first missing or unreadable one."""
+    from PIL import Image
+
+    images = []
+    for i, p in enumerate(paths):
+        file = Path(p) if os.path.isabs(p) else root / p
+        if not file.is_file():
+            raise BadSample(f"image {i}: {file} not found")
+        data = file.read_bytes()
+        if check_images:
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    img.verify()
+            except Exception as err:
+                raise BadSample(f"image {i}: {file.name}: {err}")
+        images.append((file.suffix.lstrip(".").lower() or "bin", data))
+    return images

@@ -218,6 +218,21 @@ class SampleRenderer:
             tokens.extend(block)
             target.extend([False] * len(block))
 
+        def raw(ids: list, is_target: bool) -> None:
+            tokens.extend(ids)
+            target.extend([is_target] * len(ids))
+
+        self._plan_kind(kind, meta, text, image, raw)
+        if self.add_eod:
+            tokens.append(self.eod)
+            target.append(True)
+        return RenderedSample(np.asarray(tokens, dtype=np.int64), np.asarray(target, dtype=bool), images,
+                              sample.shard, sample.key, kind)
+
+    def _plan_kind(self, kind: str, meta: dict, text, image, raw) -> None:
+        """The text and image blocks of one sample kind, in order (text(s, loss), image(index),
+        raw(token ids, is_target))."""
+
         def answer_part() -> None:
             if "caption" in meta:
                 text(meta["caption"], True)
@@ -250,18 +265,12 @@ class SampleRenderer:
                 elif piece.kind == "text":
                     text(piece.value, piece.is_target)
                 else:
-                    tokens.extend(piece.value)
-                    target.extend([piece.is_target] * len(piece.value))
+                    raw(piece.value, piece.is_target)
         else:  # video
             for frame in meta["frames"]:
                 text(timestamp(frame.get("time", 0.0)), False)
                 image(frame["image"])
             answer_part()
-        if self.add_eod:
-            tokens.append(self.eod)
-            target.append(True)
-        return RenderedSample(np.asarray(tokens, dtype=np.int64), np.asarray(target, dtype=bool), images,
-                              sample.shard, sample.key, kind)
 
     # -- pixels --------------------------------------------------------------------------------
     def load_crops(self, image: PlannedImage) -> ImageCrops:
@@ -291,7 +300,7 @@ class SampleRenderer:
         crops, grid, patches [T, 3*p*p]."""
         import torch
 
-        from aria_train.model.vision import pack_images
+        from aria_train.nn.image_patches import pack_images
 
         r = self.plan(sample)
         crops = [c for img in r.images for c in self.load_crops(img).crops]

@@ -1,6 +1,7 @@
 """Render the SLURM templates in launch/slurm/ with chosen values, and run them without SLURM.
 
-    from aria_train.slurm_templates import render_sbatch, dry_run_job
+    sys.path.insert(0, "tools")  # from the repository root
+    from slurm_templates import render_sbatch, dry_run_job
     script = render_sbatch(1, options={"nodes": 2}, variables={"GPUS_PER_NODE": 8})
     job = dry_run_job(script, job_id=4242, nodelist="gpu[001-002]", workdir=tmp)
     job.torchrun_lines   # the torchrun command each node would run
@@ -9,7 +10,7 @@
 stand-ins for `srun` (runs the per-node launcher once per node), `scontrol` (hostnames, job
 command) and `sbatch` (records the chained submission), and with ARIA_PRINT_ONLY=1 so the launcher
 prints the torchrun command instead of running it. Also usable by hand to check an edited
-template: `python -m aria_train.slurm_templates 1 --nodes 2 --nodelist 'gpu[001-002]'`.
+template: `python tools/slurm_templates.py 1 --nodes 2 --nodelist 'gpu[001-002]'`.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ def _write_stubs(bin_dir: Path, script_path: Path) -> None:
             """,
         "scontrol": f"""#!{python}
             import sys
-            sys.path.insert(0, {str(REPO_ROOT)!r})
-            from aria_train.slurm_templates import expand_hostlist
+            sys.path.insert(0, {str(REPO_ROOT / "tools")!r})
+            from slurm_templates import expand_hostlist
             args = sys.argv[1:]
             if args[:2] == ["show", "hostnames"]:
                 print("\\n".join(expand_hostlist(args[2])))

@@ -1,0 +1,37 @@
+"""How images travel from the data pipeline to the ViT: cut into patches, packed into one tensor
+per micro-batch with a grid of (h_patches, w_patches) per image. The data side
+(aria_train.data.multimodal) packs, the model side (aria_train.model.vision) unpacks."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+Grid = Union[Sequence[tuple[int, int]], torch.Tensor]  # per image (h_patches, w_patches); or LongTensor [N, 2]
+
+
+def patchify(image: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """image [C, H, W] (H, W multiples of patch_size) -> (patches [h*w, C*p*p], (h, w)).
+
+    Patches are in row-major order; each is flattened in (c, y, x) order, the order of a
+    Conv2d weight [D, C, p, p] flattened to [D, C*p*p].
+    """
+    c, height, width = image.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"image {height}x{width} is not a multiple of the patch size {patch_size}")
+    h, w = height // patch_size, width // patch_size
+    patches = image.reshape(c, h, patch_size, w, patch_size).permute(1, 3, 0, 2, 4).reshape(h * w, -1)
+    return patches, (h, w)
+
+
+def pack_images(images: Sequence[torch.Tensor], patch_size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """list of [C, H_i, W_i] -> (patches [sum h_i*w_i, C*p*p], grid [(h_i, w_i)])."""
+    out = [patchify(img, patch_size) for img in images]
+    return torch.cat([p for p, _ in out]), [g for _, g in out]
+
+
+def grid_list(grid: Grid) -> list[tuple[int, int]]:
+    if isinstance(grid, torch.Tensor):
+        grid = grid.tolist()
+    return [(int(h), int(w)) for h, w in grid]

@@ -34,6 +34,17 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        # After the except clause, so a handled error's traceback no longer keeps train()'s frames
+        # (model, optimizer, process groups) alive: see aria_train.parallel.distributed.shutdown.
+        _shutdown_distributed()
+
+
+def _shutdown_distributed() -> None:
+    if "torch" in sys.modules:  # --help, --dry-run and config errors never start torch.distributed
+        from aria_train.parallel import distributed as dist_utils
+
+        dist_utils.shutdown()
 
 
 def dry_run(args) -> int:
@@ -106,7 +117,7 @@ def train(cfg) -> int:
         logger.close()
         return 0
     finally:
-        dist_utils.shutdown()
+        stopper.restore()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ passes sys.path on to the children).
 from __future__ import annotations
 
 import datetime
+import gc
 import socket
 import traceback
 
@@ -33,7 +34,11 @@ def _entry(rank: int, world: int, port: int, fn, args) -> None:
         traceback.print_exc()
         raise
     finally:
+        # gc before and after: see aria_train.parallel.distributed.shutdown (a group still
+        # referenced from a cycle keeps its gloo threads alive into interpreter exit -> SIGABRT)
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def run_world(fn, world: int, *args) -> None:

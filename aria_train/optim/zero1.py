@@ -34,6 +34,8 @@ State dict: the "aria-flat-v1" format documented in aria_train.optim.flat_state.
 from __future__ import annotations
 
 import math
+import weakref
+from functools import partial
 from typing import Any, Optional
 
 import torch
@@ -81,8 +83,14 @@ class Zero1Optimizer:
         for bucket in self.buckets:
             for entry in bucket.entries:
                 self._bucket_of[id(entry.info.param)] = (bucket, entry)
+        # The hooks reach the optimizer through a weak reference: a strong one would make
+        # parameter -> hook -> optimizer -> parameter a cycle that the garbage collector cannot
+        # free (it does not traverse tensors that C++ also references), keeping the optimizer,
+        # its buffers and its process groups (with their gloo threads) alive until process exit.
+        on_grad_ready = weakref.WeakMethod(self._on_grad_ready)
         self._hooks = [
-            info.param.register_post_accumulate_grad_hook(self._on_grad_ready) for info in self.infos
+            info.param.register_post_accumulate_grad_hook(partial(_call_weak, on_grad_ready))
+            for info in self.infos
         ]
         self.zero_grad()
 
@@ -274,3 +282,13 @@ class Zero1Optimizer:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+
+    def __del__(self) -> None:
+        if getattr(self, "_hooks", None):  # also when __init__ failed half-way
+            self.close()
+
+
+def _call_weak(method: weakref.WeakMethod, param: nn.Parameter) -> None:
+    bound = method()
+    if bound is not None:  # an optimizer that is gone no longer collects gradients
+        bound(param)

@@ -1,6 +1,7 @@
 """Starting and stopping torch.distributed for a run launched by torchrun (or alone)."""
 
 import datetime
+import gc
 import os
 
 import torch
@@ -39,5 +40,19 @@ def all_reduce_sum(tensor: torch.Tensor, groups: ParallelGroups) -> torch.Tensor
 
 
 def shutdown() -> None:
+    """Destroys every process group so that their worker threads are joined now, not during
+    interpreter exit.
+
+    A gloo worker thread that drops the last reference to a finished asynchronous collective
+    (e.g. ZeRO-1's parameter all-gather, still held by a later barrier) decrefs Python-visible
+    tensors and so needs the GIL; if that happens after Python finalisation began, the thread
+    is torn down inside a noexcept destructor and the process aborts ("terminate called without
+    an active exception", SIGABRT) after a successful run. A process group's destructor joins
+    its threads with the GIL released, but it only runs once nothing references the group:
+    reference cycles (the optimizer's gradient hooks hold the optimizer, which holds its
+    groups) are collected before destroy_process_group drops the registry's references, and
+    once more after it. Call this after the objects of the run have gone out of scope."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()

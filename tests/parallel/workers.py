@@ -388,3 +388,40 @@ def unused_param_worker(rank: int, world: int) -> None:
         expected[entry.start : entry.start + entry.numel] = p.grad.reshape(-1)
         torch.testing.assert_close(bucket.grad_shard, expected[s0 : s0 + size])
     opt.step(1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# shutdown
+
+
+def gloo_worker_threads() -> int:
+    """Threads of this process running a gloo process group's work loop (Linux /proc)."""
+    import os
+
+    names = (open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
+    return sum(name == "pt_gloo_runloop" for name in names)
+
+
+def shutdown_worker(rank: int, world: int, port: int, queue) -> None:
+    """A ZeRO-1 step over every group of the layout, the objects dropped WITHOUT close(), then
+    aria_train's shutdown: every gloo work-loop thread must be joined before interpreter exit
+    (one left running can abort the process when it frees a finished collective's tensors)."""
+    import datetime
+
+    from aria_train.optim.zero1 import Zero1Optimizer
+    from aria_train.parallel.distributed import shutdown
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    groups = init_parallel_groups(1)
+    model = nn.Linear(8, 8)
+    opt = Zero1Optimizer(model, OptimizerConfig(), groups, bucket_size_mb=1e-4)
+    opt.zero_grad()
+    opt.begin_microbatch(is_last=True)
+    model(torch.ones(2, 8)).sum().backward()
+    opt.finish_grad_sync()
+    opt.step(1e-3)
+    running = gloo_worker_threads()
+    del opt, model, groups
+    shutdown()
+    queue.put((rank, running, gloo_worker_threads()))

@@ -65,6 +65,12 @@ class DataConfig:
     on_bad_sample: str = "skip"  # skip (and count) | error
     synthetic_samples: int = 4000  # size of the generated demo shards
     synthetic_kind: str = ""  # "" = the stage-2 mix of kinds; "chat" = conversations (stage 4)
+    # --- corpus curation (issue 12; aria_train/data/curation) ---------------------------------
+    # shuffled: megatron's GPTDataset (documents shuffled, packed across sequence boundaries).
+    # clustered: data_path is one prefix written by tools/cluster_pack.py; each sample is one
+    # group of similar documents, groups shuffled (aria_train/data/curation/clustered_dataset.py).
+    packing: str = "shuffled"
+    # --- end corpus curation -----------------------------------------------------------------
 
 
 @dataclass
@@ -172,6 +178,8 @@ class RunConfig:
             raise ConfigError(f"model.moe.capacity_factor={moe.capacity_factor} must be positive or null")
         if self.data.image_mode not in ("medium", "high", "ultra-high"):
             raise ConfigError(f"data.image_mode={self.data.image_mode!r} is not one of medium, high, ultra-high")
+        if self.data.packing not in ("shuffled", "clustered"):  # corpus curation (issue 12)
+            raise ConfigError(f"data.packing={self.data.packing!r} is not one of shuffled, clustered")
         if self.data.on_bad_sample not in ("skip", "error"):
             raise ConfigError(f"data.on_bad_sample={self.data.on_bad_sample!r} is not one of skip, error")
         if not 0.0 <= self.data.language_weight <= 1.0:

@@ -37,6 +37,8 @@ def build_stage_data(cfg: RunConfig, groups, logger) -> StageData:
     eval_rounds = train_cfg.train_iters // train_cfg.eval_interval + 1 if train_cfg.eval_interval else 0
     valid_samples = max(eval_rounds * train_cfg.eval_iters * train_cfg.global_batch_size, 1)
     train_set, valid_set, _ = build_gpt_datasets(data_cfg, tokenizer, (train_samples, valid_samples, 0), train_cfg.seed)
+    if data_cfg.packing == "clustered":  # corpus curation (issue 12)
+        logger.info(f"data: clustered packing, {train_set.num_units} groups of similar documents shuffled")
 
     def batches(dataset) -> MicroBatchIterator:
         return MicroBatchIterator(

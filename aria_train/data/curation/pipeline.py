@@ -163,16 +163,22 @@ def quality_filters(cfg: CurateConfig) -> list:
 
 
 def _check_badwords_list() -> None:
-    """C4BadWordsFilter downloads its word list on first use; with no network, say so up front."""
-    from datatrove.io import strip_protocol
+    """C4BadWordsFilter fetches its word list over HTTP on first use (through fsspec, which needs
+    aiohttp); with no network, or without aiohttp, say so before any task starts."""
     from datatrove.pipeline.filters.c4_filters import _EN_BADWORDS_URL
     from huggingface_hub import cached_assets_path
 
     folder = cached_assets_path(library_name="datatrove", namespace="filters", subfolder="c4_badwords")
-    path = Path(folder) / strip_protocol(_EN_BADWORDS_URL).replace("/", "_")
-    if not path.is_file():
-        raise UserError(f"curate: filter c4_badwords needs its word list, which datatrove downloads from "
-                        f"{_EN_BADWORDS_URL}; with no network, place that file at {path} (or leave the filter off)")
+    path = Path(folder) / _EN_BADWORDS_URL.replace("/", "_")  # datatrove's cache name for the URL
+    try:
+        import aiohttp  # noqa: F401  (fsspec's HTTP file system, which datatrove resolves the URL with)
+        http = True
+    except ImportError:
+        http = False
+    if not http or not path.is_file():
+        raise UserError(f"curate: filter c4_badwords needs `pip install aiohttp requests` and its word list from "
+                        f"{_EN_BADWORDS_URL}, cached at {path} (downloaded on first use: no network here); "
+                        f"install and place it, or leave the filter off")
 
 
 def _exact_config():

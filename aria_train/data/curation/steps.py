@@ -54,10 +54,13 @@ def check_word_tokenizer(language: str) -> None:
     downloaded. Languages assigned to stanza and a few others need model downloads, which this
     check surfaces before any task starts instead of deep inside one.
     """
-    from datatrove.utils.word_tokenizers import load_word_tokenizer
+    from datatrove.utils.word_tokenizers import load_tokenizer_assignments
 
-    try:
-        tokenizer = load_word_tokenizer(language)
+    factories = load_tokenizer_assignments()
+    if language not in factories:
+        raise UserError(f"curate: datatrove has no word tokenizer for language {language!r}")
+    try:  # a fresh instance: the cached one the pipeline steps share stays unloaded (it pickles light)
+        tokenizer = factories[language]()
         tokenizer.word_tokenize("A probe sentence. And another one.")
         tokenizer.span_tokenize("A probe sentence. And another one.")
     except Exception as err:  # noqa: BLE001 - any failure of the probe means it cannot run here

@@ -7,8 +7,9 @@ order_documents(vectors) returns a permutation of the documents:
   then a depth-first preorder walk of the tree (scipy depth_first_order from a leaf of each
   component). A preorder walk lists a whole subtree before leaving it, so the neighbours of the
   order are tree neighbours or siblings: similar documents;
-- a larger set: faiss k-means (trained on a sample) splits it into ceil(n / leaf_size) buckets,
-  assigned in chunks; the buckets are ordered by the same MST walk over their centroids (so
+- a larger set: faiss k-means (trained on a sample) splits it into min(ceil(n / leaf_size),
+  max_fanout) buckets, assigned in chunks (the fan-out cap keeps each level's assignment cost at
+  n x max_fanout x dim: 10^9 documents take 3 levels of 256); the buckets are ordered by the same MST walk over their centroids (so
   neighbouring buckets are similar too), and each bucket is ordered recursively. Only one
   bucket's vectors are in memory at a time (the vectors may be a memory-mapped file), and
   buckets are independent, so on a cluster they shard over nodes.
@@ -24,6 +25,7 @@ import numpy as np
 
 _ASSIGN_CHUNK = 65536
 _SAMPLE_PER_CENTROID = 64
+MAX_FANOUT = 256
 
 
 def order_documents(vectors: np.ndarray, k: int = 10, leaf_size: int = 10000, seed: int = 0,
@@ -37,7 +39,7 @@ def order_documents(vectors: np.ndarray, k: int = 10, leaf_size: int = 10000, se
 def _order(vectors, ids: np.ndarray, k: int, leaf_size: int, seed: int, timings) -> np.ndarray:
     if len(ids) <= leaf_size:
         return ids[mst_walk(np.ascontiguousarray(vectors[ids], dtype=np.float32), k, timings)]
-    parts = -(-len(ids) // leaf_size)
+    parts = min(-(-len(ids) // leaf_size), MAX_FANOUT)
     centroids, assignment = _kmeans(vectors, ids, parts, seed, timings)
     members = np.argsort(assignment, kind="stable")
     starts = np.searchsorted(assignment[members], np.arange(parts + 1))

@@ -127,6 +127,48 @@ def test_slurm_executor_submits_a_dependent_chain(run, tmp_path, monkeypatch, ca
             assert dill.load(f).world_size == n  # what each compute node will unpickle and run
 
 
+def _cluster_commands(folder: Path) -> Path:
+    """srun that runs its command here, and scontrol that names this host: a one-node 'cluster'."""
+    folder.mkdir(parents=True)
+    (folder / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == -* ]]; do shift; [[ "$1" =~ ^[0-9]+$ ]] && shift; done\n'
+                                 'exec "$@"\n')
+    (folder / "scontrol").write_text("#!/bin/bash\necho localhost\n")
+    for tool in ("srun", "scontrol"):
+        (folder / tool).chmod(0o755)
+    return folder
+
+
+def test_slurm_jobs_run_on_a_node_and_match_the_local_run(run, tmp_path, monkeypatch):
+    """Plays the cluster: each submitted job array's script runs once per array index, in
+    submission order, as SLURM would; the report job's numbers equal the local executor's."""
+    import subprocess
+
+    calls, tools = _fake_sbatch(tmp_path / "bin"), _cluster_commands(tmp_path / "tools")
+    path = os.pathsep.join([str(calls), str(tools), str(Path(sys.executable).parent), os.environ["PATH"]])
+    monkeypatch.setenv("PATH", path)
+    work = tmp_path / "work"
+    argv = ["--input", str(run["base"] / "in"), "--output", str(tmp_path / "out"), "--workdir", str(work),
+            "--tasks", "1", "--executor", "slurm", "--partition", "cpu", "--env-command", "true",
+            "--disable", "minhash", "--disable", "lines"]
+    assert curate.main(argv) == 0
+    for job in sorted(calls.glob("job*.script"), key=lambda p: int(p.stem[3:])):
+        script = job.read_text()
+        if "merge_stats" in script:
+            continue
+        tasks = int(script.split("#SBATCH --array=0-")[1].split()[0]) + 1
+        for index in range(tasks):
+            env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(index), SLURM_JOB_ID="1", SLURM_NODELIST="localhost",
+                       OMP_NUM_THREADS="1")
+            done = subprocess.run(["bash", str(job)], env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((work / "report.json").read_text())
+    assert [r["stage"] for r in report["stages"]] == ["input", "exact dedup", "quality filters"]
+    assert report["stages"] == run["report"]["stages"][:3]
+    # the same texts survive (which of two exact copies is kept depends on how tasks split the input)
+    assert sorted(r["text"] for r in read_output(tmp_path / "out")) == sorted(
+        r["text"] for r in read_output(run["base"] / "work" / "stage_output" / "filters"))
+
+
 def test_dry_run_prints_sbatch_scripts_without_submitting(run, tmp_path, capsys):
     argv = ["--input", str(run["base"] / "in"), "--output", str(tmp_path / "out"), "--workdir", str(tmp_path / "w"),
             "--tasks", "4", "--executor", "slurm", "--partition", "big", "--dry-run", "--disable", "lines"]

@@ -49,15 +49,14 @@ class HashedTfidf:
 
     def features(self, docs: list) -> sp.csr_matrix:
         """Term counts [B, 2^feature_bits] of the unigrams and bigrams of each token array."""
-        rows, cols = [], []
-        for row, tokens in enumerate(docs):
-            tokens = np.asarray(tokens, dtype=np.uint64)
-            bigrams = tokens[:-1] * np.uint64(1_000_003) + tokens[1:] + np.uint64(1 << 40)
-            grams = np.concatenate([tokens, bigrams])
-            rows.append(np.full(len(grams), row, dtype=np.int64))
-            cols.append(_hash(grams, _GOLDEN, self.feature_bits))
-        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        tokens = (np.concatenate([np.asarray(d, dtype=np.uint64) for d in docs]) if len(docs)
+                  else np.zeros(0, np.uint64))
+        rows = np.repeat(np.arange(len(docs), dtype=np.int64), lengths)
+        inside = rows[:-1] == rows[1:]  # adjacent pairs within one document
+        bigrams = tokens[:-1][inside] * np.uint64(1_000_003) + tokens[1:][inside] + np.uint64(1 << 40)
+        cols = _hash(np.concatenate([tokens, bigrams]), _GOLDEN, self.feature_bits)
+        rows = np.concatenate([rows, rows[:-1][inside]])
         counts = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
                                shape=(len(docs), 1 << self.feature_bits))
         counts.sum_duplicates()

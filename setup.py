@@ -22,6 +22,11 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "import-linter>=2.12"],  # import-linter: tests/test_architecture.py
+        # Corpus curation (tools/curate.py, tools/cluster_pack.py). datatrove's MinHash and exact
+        # dedup hash str with xxhash < 4 (its own `processing` extra pins it); its JSONL reader
+        # needs orjson; spacy provides the offline (blank, rule-based) English word tokenizer that
+        # datatrove uses for shingles and the Gopher/C4/FineWeb filters: no model download.
+        "curate": ["datatrove==0.10.1", "xxhash<4", "orjson", "spacy>=3.8", "faiss-cpu", "scipy"],
         # Optional GPU accelerators; the plain-torch path never needs them.
         "gpu": ["transformer-engine", "apex", "grouped_gemm"],
     },

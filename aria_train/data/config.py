@@ -25,6 +25,10 @@ class DataConfig:
     on_bad_sample: Literal["skip", "error"] = "skip"  # skip (and count) | error
     synthetic_samples: int = 4000  # size of the generated demo shards
     synthetic_kind: str = ""  # "" = the stage-2 mix of kinds; "chat" = conversations (stage 4)
+    # shuffled: Megatron's GPTDataset (documents shuffled, packed across sequence boundaries).
+    # clustered: data_path is one prefix written by tools/cluster_pack.py; each sample is one
+    # group of similar documents, groups shuffled (aria_train/data/curation/clustered_dataset.py).
+    packing: Literal["shuffled", "clustered"] = "shuffled"
 
     def validate(self) -> "DataConfig":
         if not 0.0 <= self.language_weight <= 1.0:

@@ -41,6 +41,10 @@ def build_gpt_datasets(data_cfg, tokenizer: AriaTokenizer, num_samples: tuple, s
         raise DataError(f"num_samples {num_samples!r}: expected (train, valid, test) counts >= 0")
     if int(data_cfg.seq_length) < 1:
         raise DataError(f"data seq_length {data_cfg.seq_length}: must be positive")
+    if data_cfg.packing == "clustered":  # groups of similar documents, tools/cluster_pack.py
+        from aria_train.data.curation.clustered_dataset import build_clustered_datasets
+
+        return build_clustered_datasets(data_cfg, tokenizer, num_samples, seed)
     split, fractions = parse_split(data_cfg.split)
     if data_cfg.data_path:
         prefixes, weights = parse_blend(data_cfg.data_path)

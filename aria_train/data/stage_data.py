@@ -41,6 +41,9 @@ def build_stage_data(cfg, groups, logger) -> StageData:
     eval_rounds = train_cfg.train_iters // train_cfg.eval_interval + 1 if train_cfg.eval_interval else 0
     valid_samples = max(eval_rounds * train_cfg.eval_iters * train_cfg.global_batch_size, 1)
     train_set, valid_set, _ = build_gpt_datasets(data_cfg, tokenizer, (train_samples, valid_samples, 0), train_cfg.seed)
+    if data_cfg.packing == "clustered":
+        logger.info(f"data: clustered packing, {len(train_set.boundaries) - 1} groups of similar documents "
+                    f"({train_set.num_units} sequences), shuffled by group")
 
     def batches(dataset) -> MicroBatchIterator:
         return MicroBatchIterator(

@@ -21,7 +21,9 @@ setup(
         "matplotlib",  # tools/expert_heatmap.py
     ],
     extras_require={
-        "dev": ["pytest"],
+        # webdataset: the reference writer of shard layouts in tests; tokenizers: tests build a
+        # transformers tokenizer directory offline (both read nothing at run time).
+        "dev": ["pytest", "webdataset", "tokenizers"],
         # Optional GPU accelerators; the plain-torch path never needs them.
         "gpu": ["transformer-engine", "apex", "grouped_gemm"],
     },

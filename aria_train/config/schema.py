@@ -48,6 +48,12 @@ class ModelConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
 
 
+MM_FORMATS = ("aria", "caption", "llava", "messages", "obelics")  # aria_train.data.multimodal.layouts
+TOKENIZER_TYPES = {"sentencepiece": "sentencepiece", "SentencePieceTokenizer": "sentencepiece",
+                   "GPTSentencePieceTokenizer": "sentencepiece", "huggingface": "huggingface",
+                   "HuggingFaceTokenizer": "huggingface"}
+
+
 @dataclass
 class DataConfig:
     # Megatron blend: ["0.7", "path/prefix_a", "0.3", "path/prefix_b"] or a single prefix.
@@ -65,6 +71,19 @@ class DataConfig:
     on_bad_sample: str = "skip"  # skip (and count) | error
     synthetic_samples: int = 4000  # size of the generated demo shards
     synthetic_kind: str = ""  # "" = the stage-2 mix of kinds; "chat" = conversations (stage 4)
+    # ---- issue 11: real-world data in (README "Your own data"); checked by _check_data_inputs ----
+    # sentencepiece (tokenizer_model = a .model file) | huggingface (tokenizer_model = a local
+    # transformers tokenizer directory); Megatron's names SentencePieceTokenizer /
+    # HuggingFaceTokenizer are accepted too.
+    tokenizer_type: str = "sentencepiece"
+    # The sample layouts mm_data_path may hold: aria (our KEY.json kinds), caption (WebDataset /
+    # img2dataset image + txt), llava, messages, obelics. A layout left out counts as a bad sample.
+    mm_formats: list = field(default_factory=lambda: list(MM_FORMATS))
+    mm_image_root: str = ""  # image folder of JSON / JSONL sources ("" = each file's own folder)
+    # Bad-data guard: stop when more than this fraction of a source's last bad_sample_window
+    # samples are bad, or when its first 100 are all bad.
+    max_bad_fraction: float = 0.05
+    bad_sample_window: int = 1000
 
 
 @dataclass
@@ -176,8 +195,7 @@ class RunConfig:
             raise ConfigError(f"data.on_bad_sample={self.data.on_bad_sample!r} is not one of skip, error")
         if not 0.0 <= self.data.language_weight <= 1.0:
             raise ConfigError(f"data.language_weight={self.data.language_weight} must be within [0, 1]")
-        if len(self.data.mm_data_path) % 2 != 0:
-            raise ConfigError("data.mm_data_path must alternate weight and shard directory")
+        _check_data_inputs(self.data)
         if self.multimodal:
             self.vision.validate()
             self.projector.validate(self.vision)
@@ -208,6 +226,23 @@ class RunConfig:
                     f"train.micro_batch_size x world size = {per_step}"
                 )
         return self
+
+
+def _check_data_inputs(data: DataConfig) -> None:
+    """mm_data_path pairs, and the issue-11 data keys: tokenizer type, layouts, bad-data guard."""
+    if len(data.mm_data_path) % 2 != 0:
+        raise ConfigError("data.mm_data_path must alternate weight and shard directory")
+    if data.tokenizer_type not in TOKENIZER_TYPES:
+        raise ConfigError(f"data.tokenizer_type={data.tokenizer_type!r} is not one of sentencepiece, huggingface")
+    if TOKENIZER_TYPES[data.tokenizer_type] == "huggingface" and not data.tokenizer_model:
+        raise ConfigError("data.tokenizer_type=huggingface needs data.tokenizer_model (a tokenizer directory)")
+    unknown = [f for f in data.mm_formats if f not in MM_FORMATS]
+    if unknown or not data.mm_formats:
+        raise ConfigError(f"data.mm_formats={data.mm_formats!r}: expected a non-empty list of {', '.join(MM_FORMATS)}")
+    if not 0.0 <= data.max_bad_fraction <= 1.0:
+        raise ConfigError(f"data.max_bad_fraction={data.max_bad_fraction} must be within [0, 1]")
+    if data.bad_sample_window < 1:
+        raise ConfigError(f"data.bad_sample_window={data.bad_sample_window} must be positive")
 
 
 def _positive(section, prefix: str, *names: str) -> None:

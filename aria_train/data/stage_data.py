@@ -68,22 +68,32 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
         MultimodalMicroBatchIterator,
         MultimodalMixture,
         ShardSource,
+        ensure_indexes,
+        list_shards,
     )
 
     data_cfg, train_cfg = cfg.data, cfg.train
     image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode)
-    shard_sets = _multimodal_shard_sets(cfg, logger)
+    shard_sets = _multimodal_shard_sets(cfg, logger, tokenizer)
     total_mm = sum(weight for weight, _ in shard_sets)
+    image_root = data_cfg.mm_image_root or None
+    units = [unit for _, directory in shard_sets for unit in list_shards(directory)]
+    # Every rank indexes its share of the units that lack a current length index, then all wait.
+    ensure_indexes(units, tokenizer, image_root, dist_utils.rank(), dist_utils.world_size(), dist_utils.barrier,
+                   logger)
 
     def mixture(language_set, split_seed: int) -> MultimodalMixture:
         sources = []
         if data_cfg.language_weight > 0:
-            sources.append((data_cfg.language_weight, LanguageSource(language_set)))
+            # GPTDataset chunks are seq_length tokens + the last label: packing needs no read
+            sources.append((data_cfg.language_weight, LanguageSource(language_set, doc_length=data_cfg.seq_length + 1)))
         for weight, directory in shard_sets:
             share = (1.0 - data_cfg.language_weight) * weight / total_mm
-            sources.append((share, ShardSource(directory, seed=split_seed)))
+            sources.append((share, ShardSource(directory, seed=split_seed, image_root=image_root)))
         return MultimodalMixture(sources, data_cfg.seq_length, split_seed, tokenizer=tokenizer, image_cfg=image_cfg,
-                                 on_bad_sample=data_cfg.on_bad_sample)
+                                 on_bad_sample=data_cfg.on_bad_sample, formats=data_cfg.mm_formats,
+                                 max_bad_fraction=data_cfg.max_bad_fraction,
+                                 bad_sample_window=data_cfg.bad_sample_window)
 
     def batches(language_set, split_seed: int) -> MultimodalMicroBatchIterator:
         return MultimodalMicroBatchIterator(mixture(language_set, split_seed), train_cfg.global_batch_size,
@@ -97,7 +107,7 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     return StageData(batches(train_set, train_cfg.seed), valid_factory, tokenizer)
 
 
-def _multimodal_shard_sets(cfg, logger) -> list[tuple[float, str]]:
+def _multimodal_shard_sets(cfg, logger, tokenizer) -> list[tuple[float, str]]:
     from aria_train.data.multimodal import write_synthetic_shards
 
     data_cfg = cfg.data
@@ -114,7 +124,7 @@ def _multimodal_shard_sets(cfg, logger) -> list[tuple[float, str]]:
     directory = Path(data_cfg.cache_dir) / f"synthetic_{kind or 'mixed'}_{data_cfg.synthetic_samples}"
     done = directory / "COMPLETE"
     if dist_utils.rank() == 0 and not done.exists():
-        write_synthetic_shards(directory, data_cfg.synthetic_samples, seed=0, size=70, kind=kind)
+        write_synthetic_shards(directory, data_cfg.synthetic_samples, seed=0, size=70, kind=kind, tokenizer=tokenizer)
         done.touch()  # written last: a crash mid-way leaves no COMPLETE, and the next run rebuilds
     dist_utils.barrier()
     logger.info(f"data: synthetic demo shards {directory}")

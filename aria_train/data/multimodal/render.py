@@ -45,7 +45,7 @@ from aria_train.data.errors import DataError
 from aria_train.data.image_tokens import MIN_SIZE, PATCH_SIZE, SPLIT_RATIOS, ImageCrops, process_image, select_split
 from aria_train.data.multimodal.errors import BadSample, one_line
 from aria_train.data.multimodal.schema import timestamp, validate_sample
-from aria_train.data.multimodal.shards import RawSample
+from aria_train.data.multimodal.layouts import RawSample
 from aria_train.data.tokenizer import SPECIAL_TOKENS
 
 try:
@@ -218,6 +218,16 @@ class SampleRenderer:
             tokens.extend(block)
             target.extend([False] * len(block))
 
+        self._layout(kind, meta, text, image, tokens, target)
+        if self.add_eod:
+            tokens.append(self.eod)
+            target.append(True)
+        return RenderedSample(np.asarray(tokens, dtype=np.int64), np.asarray(target, dtype=bool), images,
+                              sample.shard, sample.key, kind)
+
+    def _layout(self, kind: str, meta: dict, text, image, tokens: list, target: list) -> None:
+        """The token layout of each kind (module notes), through text(s, loss) and image(index)."""
+
         def answer_part() -> None:
             if "caption" in meta:
                 text(meta["caption"], True)
@@ -257,11 +267,6 @@ class SampleRenderer:
                 text(timestamp(frame.get("time", 0.0)), False)
                 image(frame["image"])
             answer_part()
-        if self.add_eod:
-            tokens.append(self.eod)
-            target.append(True)
-        return RenderedSample(np.asarray(tokens, dtype=np.int64), np.asarray(target, dtype=bool), images,
-                              sample.shard, sample.key, kind)
 
     # -- pixels --------------------------------------------------------------------------------
     def load_crops(self, image: PlannedImage) -> ImageCrops:

@@ -78,8 +78,8 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     total_mm = sum(weight for weight, _ in shard_sets)
     image_root = data_cfg.mm_image_root or None
     units = [unit for _, directory in shard_sets for unit in list_shards(directory)]
-    # Every rank indexes its share of the units that lack a current length index, then all wait.
-    ensure_indexes(units, tokenizer, image_root, dist_utils.rank(), dist_utils.world_size(), dist_utils.barrier,
+    # Every rank indexes its share of the units that lack a current length index, then all agree.
+    ensure_indexes(units, tokenizer, image_root, dist_utils.rank(), dist_utils.world_size(), _gather_messages,
                    logger)
 
     def mixture(language_set, split_seed: int) -> MultimodalMixture:
@@ -105,6 +105,17 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
         # data; point data.mm_data_path at separate shards for a true held-out set.
         valid_factory = lambda: batches(valid_set, train_cfg.seed + 1)  # noqa: E731
     return StageData(batches(train_set, train_cfg.seed), valid_factory, tokenizer)
+
+
+def _gather_messages(message: str) -> list:
+    """Every rank's message (a barrier too)."""
+    if dist_utils.world_size() == 1:
+        return [message]
+    import torch.distributed as dist
+
+    messages = [None] * dist_utils.world_size()
+    dist.all_gather_object(messages, message)
+    return messages
 
 
 def _multimodal_shard_sets(cfg, logger, tokenizer) -> list[tuple[float, str]]:

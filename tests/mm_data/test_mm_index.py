@@ -164,3 +164,24 @@ def test_an_index_that_cannot_be_written_is_one_line(tok, tmp_path):
 def test_write_synthetic_shards_indexes_for_the_given_tokenizer(tmp_path, tok):
     (shard,) = write_synthetic_shards(tmp_path, 3, seed=0, samples_per_shard=5, tokenizer=tok)
     assert read_header(shard)["tokenizer"] == tokenizer_fingerprint(tok)
+
+
+def test_ranks_index_their_share_and_a_failure_stops_every_rank(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from mm_workers import index_share_and_agree
+    from spawn_world import run_world
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(4):
+        _caption_shard(shards / f"{i:05d}.tar", 3)
+    blocked = str(shards / "00003.tar")
+    os.mkdir(index_path(blocked))  # rank 1's share: units 1 and 3
+    run_world(index_share_and_agree, 2, str(shards), blocked, str(tmp_path))
+    lines = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert lines[0] == lines[1] and lines[0].startswith(f"{blocked}: cannot write its length index")
+    assert sorted(p.name for p in shards.glob("*.mmidx") if p.is_file()) == [
+        "00000.tar.mmidx", "00001.tar.mmidx", "00002.tar.mmidx"]  # the others were built, by their ranks

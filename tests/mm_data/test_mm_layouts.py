@@ -11,7 +11,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from aria_train.data.multimodal import ShardSource, read_shard
+from aria_train.data.multimodal import BadSamples, ShardSource, read_shard
 from aria_train.data.multimodal.errors import BadSample
 from aria_train.data.multimodal.json_records import ImageFolder, read_record, record_spans
 from aria_train.data.multimodal.layouts import ReadError, sample_from_record
@@ -63,6 +63,11 @@ def test_member_grouping_matches_the_webdataset_library(tmp_path):
         ours = [(key, sorted(suffix for suffix, _ in group)) for key, group in tar_groups(t, pytest.fail)]
     assert ours == theirs
     assert [key for key, _ in ours] == ["000000012", "img", "dir.v1/s1", "ours"]
+    bad = BadSamples()
+    read = [(s.key, s.fmt) for _, s in read_shard(path, bad)]
+    assert read == [("000000012", "caption"), ("dir.v1/s1", "caption"), ("ours", "aria")]
+    ((_, key, reason),) = bad.records  # the two dotted keys merged, as webdataset merges them
+    assert key == "img" and "keys that agree up to their first '.' are one sample" in reason
 
 
 @pytest.fixture()

@@ -5,8 +5,8 @@ u_j = numpy.random.default_rng([seed, j]).random(): a pure function of (seed, j)
 numpy generator per draw costs ~12 us (SeedSequence's hashing runs as Python-level code), and
 every rank plans every draw of the global batch, so that cost would be the part of a rank's data
 work that grows with the world size. uniforms() computes the same u_j for many j at once:
-SeedSequence's word hashing vectorized over j (numpy's uint32 arithmetic wraps as the C code
-does), then PCG64's seeding and first output with Python integers. The numbers are numpy's own,
+SeedSequence's word hashing and PCG64's seeding and first output, vectorized over j (numpy's
+uint32 / uint64 arithmetic wraps as the C code does; 128-bit products in 16-bit limbs). The numbers are numpy's own,
 bit for bit (tests/mm_data/test_mm_draws.py compares them over many seeds and draws), so the
 stream is the one the per-draw generator gave.
 
@@ -24,7 +24,6 @@ INIT_B, MULT_B = _U32(0x8B51F9DD), _U32(0x58F38DED)
 MIX_MULT_L, MIX_MULT_R = _U32(0xCA01F9DD), _U32(0x4973F715)
 POOL = 4
 PCG_MULT = (2549297995355413924 << 64) + 4865540595714422341
-M64, M128 = (1 << 64) - 1, (1 << 128) - 1
 
 
 def _words(n: int) -> list[int]:
@@ -75,15 +74,53 @@ def _seed_words(entropy) -> np.ndarray:
     return np.stack(out)
 
 
-def _pcg64_first_double(s0: int, s1: int, s2: int, s3: int) -> float:
-    state, seq = (s0 << 64) | s1, (s2 << 64) | s3
-    inc = ((seq << 1) | 1) & M128
-    state = (inc + state) & M128  # srandom: step from 0 (= inc), add the seed...
-    state = (state * PCG_MULT + inc) & M128  # ...step; then the first output's step
-    state = (state * PCG_MULT + inc) & M128
-    x, rot = ((state >> 64) ^ state) & M64, state >> 122
-    out = ((x >> rot) | (x << ((-rot) & 63))) & M64
-    return (out >> 11) * (1.0 / 9007199254740992.0)
+_LIMB, _LIMBS = 16, 8  # 128-bit numbers as 8 limbs of 16 bits: limb products and their sums fit uint64
+_MASK = np.uint64(0xFFFF)
+
+
+def _limbs(hi: np.ndarray, lo: np.ndarray) -> list:
+    return [((lo if i < 4 else hi) >> np.uint64(_LIMB * (i % 4))) & _MASK for i in range(_LIMBS)]
+
+
+def _join(limbs: list) -> tuple:
+    lo = limbs[0] | (limbs[1] << np.uint64(16)) | (limbs[2] << np.uint64(32)) | (limbs[3] << np.uint64(48))
+    hi = limbs[4] | (limbs[5] << np.uint64(16)) | (limbs[6] << np.uint64(32)) | (limbs[7] << np.uint64(48))
+    return hi, lo
+
+
+def _carry(columns: list) -> list:
+    out, carry = [], np.uint64(0)
+    for column in columns:
+        column = column + carry
+        out.append(column & _MASK)
+        carry = column >> np.uint64(_LIMB)
+    return out  # the carry out of the top limb is the part mod 2**128 drops
+
+
+def _mul_add(x: list, const: list, add: list) -> list:
+    """(x * const + add) mod 2**128, limb-wise."""
+    columns = list(add)
+    for i in range(_LIMBS):
+        for j in range(_LIMBS - i):
+            if const[j]:
+                columns[i + j] = columns[i + j] + x[i] * np.uint64(const[j])
+    return _carry(columns)
+
+
+_PCG_MULT_LIMBS = [(PCG_MULT >> (_LIMB * i)) & 0xFFFF for i in range(_LIMBS)]
+
+
+def _pcg64_first_doubles(s0, s1, s2, s3) -> np.ndarray:
+    """PCG64 seeded with (s0:s1, s2:s3) (numpy's pcg64_set_seed), its first next_double()."""
+    one = np.uint64(1)
+    inc = _limbs((s2 << one) | (s3 >> np.uint64(63)), (s3 << one) | one)
+    state = _carry([a + b for a, b in zip(inc, _limbs(s0, s1))])  # srandom: step from 0 (= inc), add the seed
+    state = _mul_add(state, _PCG_MULT_LIMBS, inc)  # srandom's second step
+    state = _mul_add(state, _PCG_MULT_LIMBS, inc)  # the first output's step
+    hi, lo = _join(state)
+    x, rot = hi ^ lo, hi >> np.uint64(58)  # XSL-RR: xor the halves, rotate by the top 6 bits
+    out = (x >> rot) | (x << ((np.uint64(64) - rot) & np.uint64(63)))
+    return (out >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
 def uniforms(seed: int, start: int, count: int) -> np.ndarray:
@@ -101,8 +138,8 @@ def uniforms(seed: int, start: int, count: int) -> np.ndarray:
     if high.any():  # draws past 2**32 have a second word (zero-valued high words are absent)
         entropy[len(head) + 1] = high
     state = _seed_words(entropy).astype(np.uint64)
-    s = (state[0::2] | (state[1::2] << np.uint64(32))).T.tolist()
-    out = np.asarray([_pcg64_first_double(*words) for words in s])
+    words = state[0::2] | (state[1::2] << np.uint64(32))  # generate_state(4, uint64)
+    out = _pcg64_first_doubles(*words)
     if high.any() and not high.all():  # a block straddling 2**32: the low draws have one word fewer
         low = np.nonzero(high == 0)[0]
         out[low] = uniforms(seed, start, len(low))

@@ -111,10 +111,14 @@ class UnitIndex:
 
     def sample_layout(self, image_cfg) -> "SampleLayout":
         """Token lengths of every sample and image block under image_cfg (cached per config)."""
+        last = self.__dict__.get("_last_layout")
+        if last is not None and last[0] is image_cfg:  # the planner asks for one config, per sample
+            return last[1]
         cache = self.__dict__.setdefault("_layouts", {})
         sig = (image_cfg.mode, image_cfg.crop_size, image_cfg.queries, image_cfg.tile_size)
         if sig not in cache:
             cache[sig] = SampleLayout.of(self, image_cfg)
+        self._last_layout = (image_cfg, cache[sig])
         return cache[sig]
 
 

@@ -2,8 +2,9 @@
 read its image headers and decode its pixels, and write what packing needs.
 
 ensure_indexes() is what a run calls first: every rank builds the missing or stale indexes of its
-share of the units (unit i on rank i mod W), then all wait at a barrier, so building scales with
-the ranks. Bad samples found here are not reported one by one: the index records them and the
+share of the units (unit i on rank i mod W), then the ranks exchange how it went (a barrier too),
+so building scales with the ranks and a failure on any rank stops every rank with the same line.
+Bad samples found here are not reported one by one: the index records them and the
 training stream reports each as it reaches it.
 """
 
@@ -159,20 +160,26 @@ def image_root_of(unit: str, image_root: Optional[str]) -> Optional[str]:
 
 
 def ensure_indexes(units: Sequence[str], tokenizer, image_root: Optional[str] = None, rank: int = 0,
-                   world: int = 1, barrier: Optional[Callable[[], None]] = None,
+                   world: int = 1, gather: Optional[Callable[[str], list]] = None,
                    logger: Optional[logging.Logger] = None) -> int:
-    """Builds the missing or stale indexes of units (this rank's share), waits for the other
-    ranks, and checks that every index is now current. Returns how many this rank built."""
+    """Builds the missing or stale indexes of units (this rank's share), then checks with the
+    other ranks (gather(message) -> every rank's message; it is also the barrier) that all
+    succeeded, and that every index is now current. Every rank raises the same DataError line
+    when any rank failed. Returns how many this rank built."""
     logger = logger or LOG
     tok_hash = tokenizer_fingerprint(tokenizer)
-    built = 0
-    for i, unit in enumerate(units):
-        if i % world == rank and not is_current(unit, tok_hash, image_root_of(unit, image_root)):
-            summary = build_index(unit, tokenizer, image_root)
-            built += 1
-            logger.info(f"data: indexed {unit}: {summary['good']} of {summary['samples']} samples usable")
-    if barrier is not None:
-        barrier()
+    built, failure = 0, ""
+    try:
+        for i, unit in enumerate(units):
+            if i % world == rank and not is_current(unit, tok_hash, image_root_of(unit, image_root)):
+                summary = build_index(unit, tokenizer, image_root)
+                built += 1
+                logger.info(f"data: indexed {unit}: {summary['good']} of {summary['samples']} samples usable")
+    except DataError as err:
+        failure = str(err)
+    failures = [f for f in (gather(failure) if gather is not None else [failure]) if f]
+    if failures:
+        raise DataError(failures[0])
     for unit in units:
         if not is_current(unit, tok_hash, image_root_of(unit, image_root)):
             raise DataError(f"{unit}: its length index is missing or stale after indexing "

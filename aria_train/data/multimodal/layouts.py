@@ -149,6 +149,13 @@ def sample_from_record(source: str, key: str, record, load_image: Callable[[str]
 def convert(meta, text: Optional[str], members: Optional[int]) -> Converted:
     """Recognise a sample's layout. members: the number of image members of a shard sample, or
     None for a JSON record (its images are the paths it names)."""
+    try:
+        return _convert(meta, text, members)
+    except (TypeError, AttributeError, KeyError) as err:  # a field of an unexpected JSON type
+        raise BadSample(f"malformed record: {type(err).__name__}: {err}")
+
+
+def _convert(meta, text: Optional[str], members: Optional[int]) -> Converted:
     if isinstance(meta, dict):
         if "kind" in meta:
             return Converted("aria", meta)

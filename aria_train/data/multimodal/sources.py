@@ -73,6 +73,7 @@ class ShardSource:
     def __init__(self, shards, name: Optional[str] = None, seed: int = 0, shuffle_shards: bool = True,
                  bad: Optional[BadSamples] = None, image_root: Optional[str] = None):
         self.paths = list_shards(shards)
+        self._json = [is_json_unit(p) for p in self.paths]
         self.name = name or os.path.basename(os.path.dirname(self.paths[0]) or self.paths[0])
         self.seed = int(seed)
         self.shuffle_shards = shuffle_shards
@@ -101,7 +102,7 @@ class ShardSource:
 
     def _record(self, unit: int, epoch: int, position: int, size: int) -> int:
         """Stored position of the position-th sample read from a unit in an epoch."""
-        if not self.shuffle_shards or not is_json_unit(self.paths[unit]):
+        if not self.shuffle_shards or not self._json[unit]:
             return position
         perm = self._perms.get((unit, epoch))
         if perm is None:

@@ -85,7 +85,7 @@ def is_current(unit: str, tokenizer_hash: str, image_root: Optional[str]) -> boo
 class UnitIndex:
     unit: str
     keys: Optional[list]  # tar keys; None for JSON units (key "#position")
-    status: np.ndarray  # int8 [n]: GOOD | UNREADABLE | BAD
+    status: list  # [n]: GOOD | UNREADABLE | BAD
     reasons: list  # [n] "" when good
     formats: list  # [n] layout names ("" when unknown)
     pixel_errors: dict  # position -> reason: good samples whose pixels do not decode
@@ -125,7 +125,7 @@ class UnitIndex:
 @dataclass
 class SampleLayout:
     block_len: np.ndarray  # int64 [m]: 2 + crops * queries
-    lengths: np.ndarray  # int64 [n]: text + image blocks (no EOD)
+    lengths: list  # [n] ints: text + image blocks (no EOD); a list: the planner reads one at a time
 
     @classmethod
     def of(cls, index: UnitIndex, image_cfg) -> "SampleLayout":
@@ -136,7 +136,7 @@ class SampleLayout:
         block_len = 2 + crops * int(image_cfg.queries)
         total = np.concatenate([[0], np.cumsum(block_len)])
         per_sample = total[index.img_ptr[1:]] - total[index.img_ptr[:-1]]
-        return cls(block_len, (index.text_tokens + per_sample).astype(np.int64))
+        return cls(block_len, (index.text_tokens + per_sample).astype(np.int64).tolist())
 
     def blocks(self, index: UnitIndex, i: int) -> tuple:
         """((start, end), ...) of sample i's image blocks in its tokens."""
@@ -186,7 +186,7 @@ def _from_columns(unit: str, c: dict) -> UnitIndex:
         arr = np.asarray(c[name], dtype=np.int64)
         return arr.reshape(shape) if shape is not None else arr
 
-    return UnitIndex(unit, c["keys"], np.asarray(c["status"], dtype=np.int8), c["reasons"], c["formats"],
+    return UnitIndex(unit, c["keys"], list(c["status"]), c["reasons"], c["formats"],
                      {int(k): v for k, v in c["pixel_errors"].items()}, ints("text_tokens"), ints("img_ptr"),
                      ints("img_before"), ints("img_size", (-1, 2)), ints("loc_ptr"), c["loc_name"],
                      ints("loc_start"), ints("loc_size"), c["damage"])

@@ -20,7 +20,7 @@ import numpy as np
 from aria_train.data.errors import DataError
 from aria_train.data.multimodal.draws import SourceChoices
 from aria_train.data.multimodal.guard import BadDataGuard
-from aria_train.data.multimodal.index import BAD, UNREADABLE
+from aria_train.data.multimodal.index import BAD, GOOD, UNREADABLE
 from aria_train.data.multimodal.language import LanguageSource
 
 _UNREADABLE = object()  # _mm_doc: skipped within the draw
@@ -59,6 +59,7 @@ class Planner:
                  bad, guard: BadDataGuard, formats: Optional[Sequence[str]] = None, too_long: str = "truncate",
                  max_consecutive_skips: int = 1000, logger: Optional[logging.Logger] = None):
         self.sources = list(sources)
+        self._is_text = [isinstance(s, LanguageSource) for s in self.sources]
         self._cum = np.cumsum(weights)
         self._choices = SourceChoices(seed, self._cum)
         self.seq_length = int(seq_length)
@@ -93,7 +94,7 @@ class Planner:
         src = self.sources[k]
         path, idx = src.paths[entry.unit], src.index(entry.unit)
         r = entry.record
-        key, status = idx.key(r), int(idx.status[r])
+        key, status = idx.key(r), idx.status[r]
         if status == UNREADABLE:
             self._reject(k, path, key, idx.reasons[r])
             return _UNREADABLE
@@ -107,12 +108,12 @@ class Planner:
             self.guard.bad(src.name, f"{path}:{key}", idx.pixel_errors[r])
         else:
             self.guard.good(src.name)
-        length = int(idx.sample_layout(self.image_cfg).lengths[r]) + self.eod
+        length = idx.sample_layout(self.image_cfg).lengths[r] + self.eod
         return PlanDoc(k, entry.cursor, length, False, entry.unit, r, path, key)
 
     def _read(self, k: int) -> Optional[PlanDoc]:
         src = self.sources[k]
-        if isinstance(src, LanguageSource):
+        if self._is_text[k]:
             index = src.next_index()
             return PlanDoc(k, {"index": index}, src.length(index), True, shard=src.name, key=str(index))
         while True:
@@ -218,10 +219,10 @@ class Planner:
             entry = src.entry_at(pending["cursor"])
             idx, r = src.index(entry.unit), entry.record
             fmt_ok = self.formats is None or idx.formats[r] in self.formats
-            if int(idx.status[r]) != 0 or not fmt_ok:  # the data changed since the checkpoint
+            if idx.status[r] != GOOD or not fmt_ok:  # the data changed since the checkpoint
                 reason = idx.reasons[r] or f"layout {idx.formats[r]} is not in data.mm_formats"
                 self._reject(k, src.paths[entry.unit], idx.key(r), f"{reason} (pending at the checkpoint)")
                 return
-            length = int(idx.sample_layout(self.image_cfg).lengths[r]) + self.eod
+            length = idx.sample_layout(self.image_cfg).lengths[r] + self.eod
             doc = PlanDoc(k, entry.cursor, length, False, entry.unit, r, src.paths[entry.unit], idx.key(r))
         self.pending = [doc, int(pending["offset"])]

@@ -37,9 +37,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from aria_train.config.schema import MM_FORMATS as FORMATS  # noqa: F401  (the names data.mm_formats takes)
 from aria_train.data.multimodal.errors import BadSample
 
-FORMATS = ("aria", "caption", "llava", "messages", "obelics")
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm"})
 LLAVA_PLACEHOLDER = "<image>"
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

@@ -232,7 +232,9 @@ def _report(impls, args) -> None:
     best = _measure(impls, args)
     print(f"synthetic shards: {args.samples} samples, {args.size} px images; {args.per_rank} sequences of "
           f"{args.seq_length} tokens per rank per step; {args.steps} timed steps after {args.warmup}; "
-          f"best of {args.rounds} rounds per rank; {'one process, ranks interleaved step by step' if args.interleaved else 'one gloo process per rank, ranks timed in turn'}")
+          f"best of {args.rounds} rounds per rank; "
+          + ("one process, ranks interleaved step by step" if args.interleaved else
+             "one gloo process per rank, ranks timed in turn"))
     print(f"{'impl':<12} {'world':>5} {'samples/s/rank':>14} {'vs world 1':>10} {'slowest rank':>12} {'vs world 1':>10} "
           f"{'cpu ms/step':>11} {'tokenized/step':>14} {'decoded/step':>12} {'planned/step':>12}")
     for name, _ in impls:

@@ -74,7 +74,8 @@ def _index(args) -> dict:
     else:
         summaries = [index_job(job) for job in jobs]
     return {"units": len(summaries), "samples": sum(s["samples"] for s in summaries),
-            "usable": sum(s["good"] for s in summaries), "undecodable_images": sum(s["pixel_errors"] for s in summaries),
+            "usable": sum(s["good"] for s in summaries),
+            "undecodable_images": sum(s["pixel_errors"] for s in summaries),
             "damaged": [s["unit"] for s in summaries if s["damage"]]}
 
 

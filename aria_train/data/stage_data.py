@@ -89,7 +89,7 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
             sources.append((data_cfg.language_weight, LanguageSource(language_set, doc_length=data_cfg.seq_length + 1)))
         for weight, directory in shard_sets:
             share = (1.0 - data_cfg.language_weight) * weight / total_mm
-            sources.append((share, ShardSource(directory, seed=split_seed, image_root=image_root)))
+            sources.append((share, ShardSource(directory, seed=split_seed, image_root=image_root, build_indexes=False)))
         return MultimodalMixture(sources, data_cfg.seq_length, split_seed, tokenizer=tokenizer, image_cfg=image_cfg,
                                  on_bad_sample=data_cfg.on_bad_sample, formats=data_cfg.mm_formats,
                                  max_bad_fraction=data_cfg.max_bad_fraction,

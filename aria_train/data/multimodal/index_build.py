@@ -26,7 +26,8 @@ from aria_train.data.multimodal.index import (
     save_index,
     tokenizer_fingerprint,
 )
-from aria_train.data.multimodal.json_records import ImageFolder, default_image_root, is_json_unit, read_record, record_spans
+from aria_train.data.multimodal.json_records import (ImageFolder, default_image_root, is_json_unit, read_record,
+                                                     record_spans)
 from aria_train.data.multimodal.layouts import ReadError
 from aria_train.data.multimodal.tar_io import _Truncated, group_sample, open_tar, tar_groups
 
@@ -162,10 +163,11 @@ def image_root_of(unit: str, image_root: Optional[str]) -> Optional[str]:
 def ensure_indexes(units: Sequence[str], tokenizer, image_root: Optional[str] = None, rank: int = 0,
                    world: int = 1, gather: Optional[Callable[[str], list]] = None,
                    logger: Optional[logging.Logger] = None) -> int:
-    """Builds the missing or stale indexes of units (this rank's share), then checks with the
-    other ranks (gather(message) -> every rank's message; it is also the barrier) that all
-    succeeded, and that every index is now current. Every rank raises the same DataError line
-    when any rank failed. Returns how many this rank built."""
+    """Checks this rank's share of the units (unit i when i mod world == rank) and builds the
+    missing or stale indexes, then learns from the other ranks (gather(message) -> every rank's
+    message; it is also the barrier) whether all succeeded: every rank raises the same DataError
+    line when any rank failed. A rank never reads the other ranks' units here (each index is
+    checked again, against its unit, when training first uses it). Returns how many it built."""
     logger = logger or LOG
     tok_hash = tokenizer_fingerprint(tokenizer)
     built, failure = 0, ""
@@ -180,8 +182,4 @@ def ensure_indexes(units: Sequence[str], tokenizer, image_root: Optional[str] = 
     failures = [f for f in (gather(failure) if gather is not None else [failure]) if f]
     if failures:
         raise DataError(failures[0])
-    for unit in units:
-        if not is_current(unit, tok_hash, image_root_of(unit, image_root)):
-            raise DataError(f"{unit}: its length index is missing or stale after indexing "
-                            f"(is the folder shared by all ranks and writable?)")
     return built

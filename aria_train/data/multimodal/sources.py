@@ -71,7 +71,7 @@ class Entry:
 
 class ShardSource:
     def __init__(self, shards, name: Optional[str] = None, seed: int = 0, shuffle_shards: bool = True,
-                 bad: Optional[BadSamples] = None, image_root: Optional[str] = None):
+                 bad: Optional[BadSamples] = None, image_root: Optional[str] = None, build_indexes: bool = True):
         self.paths = list_shards(shards)
         self._json = [is_json_unit(p) for p in self.paths]
         self.name = name or os.path.basename(os.path.dirname(self.paths[0]) or self.paths[0])
@@ -79,6 +79,7 @@ class ShardSource:
         self.shuffle_shards = shuffle_shards
         self.bad = bad if bad is not None else BadSamples()
         self.image_root = image_root
+        self.build_indexes = build_indexes  # False: a run indexed every unit already (ensure_indexes)
         self.kind = "multimodal"
         self._cursor = {"epoch": 0, "shard": 0, "sample": 0}
         self._it = None
@@ -113,8 +114,10 @@ class ShardSource:
 
     # -- the indexed stream (training) --------------------------------------------------------
     def use_index(self, tokenizer) -> None:
-        """Read through length indexes made with this tokenizer (built here if missing)."""
-        ensure_indexes(self.paths, tokenizer, self.image_root)
+        """Read through length indexes made with this tokenizer (built here, in this process, if
+        missing or stale, unless build_indexes=False)."""
+        if self.build_indexes:
+            ensure_indexes(self.paths, tokenizer, self.image_root)
         self._tok_hash = tokenizer_fingerprint(tokenizer)
         self._indexes.clear()
 
@@ -193,7 +196,8 @@ class ShardSource:
             self._it = None
             empty_units = 0 if self._found else empty_units + 1
             if empty_units > len(self.paths):
-                raise DataError(f"multimodal source {self.name}: no usable sample in any of its {len(self.paths)} shards")
+                raise DataError(f"multimodal source {self.name}: no usable sample in any of its "
+                                f"{len(self.paths)} shards")
             c = self._cursor
             c["shard"], c["sample"] = c["shard"] + 1, 0
             if c["shard"] == len(self.paths):

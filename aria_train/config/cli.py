@@ -18,6 +18,7 @@ FLAG_TO_KEY = {
     "data_path": "data.data_path",
     "split": "data.split",
     "tokenizer_model": "data.tokenizer_model",
+    "tokenizer_type": "data.tokenizer_type",
     "lr": "optimizer.lr",
     "min_lr": "optimizer.min_lr",
     "clip_grad": "optimizer.clip_grad",

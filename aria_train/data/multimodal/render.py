@@ -45,7 +45,7 @@ from aria_train.data.errors import DataError
 from aria_train.data.image_tokens import MIN_SIZE, PATCH_SIZE, SPLIT_RATIOS, ImageCrops, process_image, select_split
 from aria_train.data.multimodal.errors import BadSample, one_line
 from aria_train.data.multimodal.schema import timestamp, validate_sample
-from aria_train.data.multimodal.shards import RawSample
+from aria_train.data.multimodal.layouts import RawSample
 from aria_train.data.tokenizer import SPECIAL_TOKENS
 
 try:
@@ -218,20 +218,15 @@ class SampleRenderer:
             tokens.extend(block)
             target.extend([False] * len(block))
 
-        def raw(ids: list, is_target: bool) -> None:
-            tokens.extend(ids)
-            target.extend([is_target] * len(ids))
-
-        self._plan_kind(kind, meta, text, image, raw)
+        self._layout(kind, meta, text, image, tokens, target)
         if self.add_eod:
             tokens.append(self.eod)
             target.append(True)
         return RenderedSample(np.asarray(tokens, dtype=np.int64), np.asarray(target, dtype=bool), images,
                               sample.shard, sample.key, kind)
 
-    def _plan_kind(self, kind: str, meta: dict, text, image, raw) -> None:
-        """The text and image blocks of one sample kind, in order (text(s, loss), image(index),
-        raw(token ids, is_target))."""
+    def _layout(self, kind: str, meta: dict, text, image, tokens: list, target: list) -> None:
+        """The token layout of each kind (module notes), through text(s, loss) and image(index)."""
 
         def answer_part() -> None:
             if "caption" in meta:
@@ -265,7 +260,8 @@ class SampleRenderer:
                 elif piece.kind == "text":
                     text(piece.value, piece.is_target)
                 else:
-                    raw(piece.value, piece.is_target)
+                    tokens.extend(piece.value)
+                    target.extend([piece.is_target] * len(piece.value))
         else:  # video
             for frame in meta["frames"]:
                 text(timestamp(frame.get("time", 0.0)), False)

@@ -72,11 +72,12 @@ def coerce(hint, value, key: str):
         if isinstance(value, str) and value in choices:
             return value
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return coerce(args[0], value, key)
+        if len(args) < len(typing.get_args(hint)):  # Optional[X]
+            if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+                return None
+        return _coerce_union(args, value, key)
     if hint is dict or origin is dict:
         if isinstance(value, dict):
             return dict(value)
@@ -91,6 +92,28 @@ def coerce(hint, value, key: str):
     if hint in _SCALARS:
         return _SCALARS[hint](value, key)
     raise ConfigError(f"config key {key} has an unsupported type {hint}")
+
+
+def _coerce_union(alternatives: list, value, key: str):
+    """Union[A, B, ...]: the first alternative that takes the value, tried in order (so
+    `Union[Literal["all"], list[int]]` reads "all" as the choice and "1 3" or [1, 3] as the list);
+    the error names every alternative."""
+    if len(alternatives) == 1:
+        return coerce(alternatives[0], value, key)
+    for hint in alternatives:
+        try:
+            return coerce(hint, value, key)
+        except ConfigError:
+            continue
+    raise ConfigError(f"config key {key}={value!r} is none of: {', '.join(_describe(h) for h in alternatives)}")
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) is list:
+        return f"a list of {(typing.get_args(hint) or (str,))[0].__name__}"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _to_bool(value, key: str) -> bool:

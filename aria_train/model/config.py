@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aria_train.config import ConfigError, require_positive
+from aria_train.model.qk_norm import QKNorm
 from aria_train.moe.config import MoEConfig
 
 # none | full (recompute each decoder block) | selective (recompute the attention-input norm and
@@ -27,6 +28,7 @@ class ModelConfig:
     rope_base: float = 100_000.0
     init_std: float = 0.02
     activation_checkpointing: ActivationCheckpointing = "none"
+    qk_norm: QKNorm = "none"  # none | layernorm | rmsnorm on each head's q and k before RoPE (qk_norm.py)
     moe: MoEConfig = field(default_factory=MoEConfig)
 
     def validate(self) -> "ModelConfig":

@@ -53,7 +53,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.selective_recompute = False  # set by AriaForCausalLM per forward
         self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attention = Attention(cfg.hidden_size, cfg.num_heads, cfg.head_dim)
+        self.attention = Attention(cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.qk_norm, cfg.rms_norm_eps)
         self.moe_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.moe = MoELayer(cfg.hidden_size, cfg.moe)
 
@@ -99,6 +99,9 @@ class AriaForCausalLM(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
+                continue
+            if name.endswith("norm.bias"):  # QK LayerNorm
+                param.zero_()
                 continue
             scale = out_std if name.endswith(("o_proj.weight", "down_proj.weight", "w_down")) else std
             if name in expert_layouts:

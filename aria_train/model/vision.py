@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from aria_train.model.norm import RMSNorm
+from aria_train.model.qk_norm import apply_norm, make_qk_norm
 from aria_train.model.vision_config import VisionConfig
 from aria_train.nn.image_patches import Grid, grid_list, pack_images, patchify  # noqa: F401 (re-exported)
 
@@ -195,11 +197,18 @@ class VisionAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.out_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.q_norm = make_qk_norm(cfg.qk_norm, self.head_dim, cfg.layer_norm_eps)
+        self.k_norm = make_qk_norm(cfg.qk_norm, self.head_dim, cfg.layer_norm_eps)
+
+    def queries_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, D] -> (q, k), each [T, heads, head_dim], QK-normed when configured."""
+        shape = (x.shape[0], self.num_heads, self.head_dim)
+        return apply_norm(self.q_norm, self.q_proj(x).view(shape)), apply_norm(self.k_norm, self.k_proj(x).view(shape))
 
     def forward(self, x: torch.Tensor, segments: Segments, backend: str = "auto") -> torch.Tensor:
         """x [T, D] packed -> [T, D]; attention stays inside each segment."""
-        shape = (x.shape[0], self.num_heads, self.head_dim)
-        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        q, k = self.queries_keys(x)
+        v = self.v_proj(x).view(q.shape[0], self.num_heads, self.head_dim)
         out = packed_attention(q, k, v, segments, segments, backend)
         return self.out_proj(out.reshape(x.shape[0], -1))
 
@@ -282,7 +291,7 @@ class VisionTransformer(nn.Module):
 
 
 def _init_module_(module: nn.Module, std: Optional[float], seed: int, prefix: str) -> None:
-    norms = {n for n, m in module.named_modules() if isinstance(m, nn.LayerNorm)}
+    norms = {n for n, m in module.named_modules() if isinstance(m, (nn.LayerNorm, RMSNorm))}
     for name, param in module.named_parameters():
         owner, _, leaf = name.rpartition(".")
         if owner in norms:

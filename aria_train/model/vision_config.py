@@ -13,6 +13,7 @@ from typing import Optional
 
 from aria_train.config import ConfigError, require_positive
 from aria_train.config.presets import VISION_PRESETS
+from aria_train.model.qk_norm import QKNorm
 
 
 @dataclass
@@ -31,6 +32,7 @@ class VisionConfig:
     # multimodal stage starts fresh; a resumed run's own checkpoint takes precedence.
     init_from: str = ""
     activation_checkpointing: bool = False
+    qk_norm: QKNorm = "none"  # none | layernorm | rmsnorm on each head's q and k (aria_train.model.qk_norm)
 
     @property
     def num_patches_per_side(self) -> int:

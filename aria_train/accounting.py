@@ -316,5 +316,10 @@ def dry_run_memory_report(cfg, counts: ParameterCounts, world_size: int, device_
                  for mode in CHECKPOINT_MODES]
     table = format_memory_table(memory, estimates, seq, micro, device_bytes)
     configured = cfg.model.activation_checkpointing
-    return (table + f"\n  configured: model.activation_checkpointing={configured}; activations in {precision}, "
-            f"flash attention, expert rows T x top_k per rank, padded expert blocks x1.2, no fragmentation margin")
+    table += (f"\n  configured: model.activation_checkpointing={configured}; activations in {precision}, "
+              f"flash attention, expert rows T x top_k per rank, padded expert blocks x1.2, no fragmentation margin")
+    moe_layers = len(cfg.model.moe_layers)
+    if moe_layers < cfg.model.num_layers:
+        table += (f"\n  note: {moe_layers} of {cfg.model.num_layers} decoder layers are MoE (model.moe.layer_freq / "
+                  f"first_k_dense); activations are counted as if every layer were (an upper bound)")
+    return table

@@ -87,7 +87,7 @@ def stats_from_checkpoint(checkpoint: str, batches: int) -> dict:
 
     groups = init_parallel_groups(1)
     data = build_stage_data(cfg, groups, _Quiet())
-    acc = RoutingAccumulator(cfg.model.num_layers, cfg.model.moe.num_experts)
+    acc = RoutingAccumulator(len(cfg.model.moe_layers), cfg.model.moe.num_experts, layer_ids=cfg.model.moe_layers)
     image_token_id = getattr(model, "image_token_id", None)
     with torch.no_grad():
         for _ in range(batches):

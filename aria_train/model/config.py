@@ -38,4 +38,13 @@ class ModelConfig:
         if self.head_dim % 2 != 0:
             raise ConfigError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
         self.moe.validate("model.moe")
+        if self.moe.router == "expert_choice":
+            raise ConfigError("model.moe.router=expert_choice is refused in the causal decoder: each expert picks its "
+                              "top tokens over the whole sequence, so a token's output would depend on later tokens")
+        self.moe.moe_layers(self.num_layers)  # checks the placement
         return self
+
+    @property
+    def moe_layers(self) -> list[int]:
+        """The decoder layers that are MoE (model.moe.layer_freq, first_k_dense)."""
+        return self.moe.moe_layers(self.num_layers)

@@ -37,7 +37,8 @@ from aria_train.model.attention import Attention
 from aria_train.model.norm import RMSNorm
 from aria_train.model.rope import RotaryEmbedding
 from aria_train.moe.experts import GroupedExperts, expert_parameter_layouts
-from aria_train.moe.layer import MoELayer
+from aria_train.moe.layer import MoELayer, MoEOutput
+from aria_train.nn.swiglu import SwiGLU
 
 
 @dataclass
@@ -45,17 +46,23 @@ class DecoderOutput:
     hidden: torch.Tensor  # [B, S, H] after the final norm
     balance_loss: torch.Tensor  # scalar, summed over layers, coefficient applied
     z_loss: torch.Tensor  # scalar, summed over layers, coefficient applied
-    router_stats: list = field(default_factory=list)  # per layer, aria_train.moe.layer.RouterStats
+    router_stats: list = field(default_factory=list)  # per MoE layer, aria_train.moe.layer.RouterStats
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Attention + feed-forward: a MoE layer, or (with `model.moe.layer_freq` / `first_k_dense`
+    placing MoE elsewhere) a dense SwiGLU MLP `mlp` of width `model.moe.dense_width`. Both sit
+    behind `moe_norm`, the post-attention norm."""
+
+    def __init__(self, cfg: ModelConfig, is_moe: bool = True):
         super().__init__()
         self.selective_recompute = False  # set by AriaForCausalLM per forward
         self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attention = Attention(cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.qk_norm, cfg.rms_norm_eps)
         self.moe_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.moe = MoELayer(cfg.hidden_size, cfg.moe)
+        self.moe: Optional[MoELayer] = MoELayer(cfg.hidden_size, cfg.moe) if is_moe else None
+        if not is_moe:
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.moe.dense_width)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x: [B, S, H] -> (x, balance_loss, z_loss, router_stats)"""
@@ -68,8 +75,12 @@ class DecoderBlock(nn.Module):
         x = x + moe_out.hidden.view_as(x)
         return x, moe_out.balance_loss, moe_out.z_loss, moe_out.stats
 
-    def _moe(self, x: torch.Tensor):
-        return self.moe(self.moe_norm(x).flatten(0, 1))
+    def _moe(self, x: torch.Tensor) -> MoEOutput:
+        h = self.moe_norm(x).flatten(0, 1)
+        if self.moe is None:
+            zero = h.new_zeros((), dtype=torch.float32)
+            return MoEOutput(self.mlp(h), zero, zero, None)
+        return self.moe(h)
 
 
 class AriaForCausalLM(nn.Module):
@@ -77,7 +88,8 @@ class AriaForCausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_layers))
+        moe_layers = set(cfg.moe.moe_layers(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderBlock(cfg, i in moe_layers) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base)
@@ -134,7 +146,8 @@ class AriaForCausalLM(nn.Module):
             else:
                 x, layer_balance, layer_z, stats = block(x, cos, sin)
             balance, z = balance + layer_balance, z + layer_z
-            router_stats.append(stats)
+            if stats is not None:  # dense layers have no router
+                router_stats.append(stats)
         return DecoderOutput(self.norm(x), balance, z, router_stats)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -142,7 +155,7 @@ class AriaForCausalLM(nn.Module):
         return self.lm_head(hidden)
 
     def expert_modules(self) -> list[GroupedExperts]:
-        return [block.moe.experts for block in self.layers]
+        return [block.moe.experts for block in self.layers if block.moe is not None]
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> AriaForCausalLM:

@@ -6,6 +6,7 @@ loss needs every expert's probability.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ class Routing:
     probs: torch.Tensor  # [T, E] softmax over all experts (fp32), for the balance loss
     top_weights: torch.Tensor  # [T, k] softmax over the chosen logits, in the input dtype
     top_experts: torch.Tensor  # [T, k] global expert indices (int64)
+    keep: Optional[torch.Tensor] = None  # [T, k] bool: the real slots (expert choice pads); None = all
 
 
 class TopKRouter(nn.Module):

@@ -3,7 +3,9 @@
 Per token and layer, forward: attention projections 2 * 4 * H * heads * head_dim; attention
 scores and values 2 * 2 * S * heads * head_dim (causal, so half of the S x S square:
 2 * S * d for QK^T and 2 * S * d for AV, halved); router 2 * H * E; top-k routed experts and
-the shared MLP 2 * 3 * H * I each. Plus the LM head 2 * H * V. Backward is twice forward.
+the shared MLP 2 * 3 * H * I each (a dense layer, when model.moe.layer_freq / first_k_dense
+leave some: its MLP 2 * 3 * H * dense_width). Plus the LM head 2 * H * V. Backward is twice
+forward.
 """
 
 from aria_train.model.config import ModelConfig
@@ -19,8 +21,11 @@ def forward_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
     attention_core = 2 * 2 * seq_length * inner / 2  # causal: half the scores are computed
     router = 2 * cfg.hidden_size * moe.num_experts
     experts = 2 * 3 * cfg.hidden_size * moe.expert_ffn_size * (moe.top_k + moe.num_shared_experts)
-    per_layer = attention_proj + attention_core + router + experts
-    return cfg.num_layers * per_layer + 2 * cfg.hidden_size * cfg.vocab_size
+    dense_mlp = 2 * 3 * cfg.hidden_size * moe.dense_width  # layers model.moe.layer_freq leaves dense
+    num_moe = len(cfg.moe_layers)
+    attention = cfg.num_layers * (attention_proj + attention_core)
+    feed_forward = num_moe * (router + experts) + (cfg.num_layers - num_moe) * dense_mlp
+    return attention + feed_forward + 2 * cfg.hidden_size * cfg.vocab_size
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:

@@ -73,8 +73,14 @@ def load_balance(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class RoutingAccumulator:
     """Sums RouterStats over micro-batches and steps on this rank; reduces over ranks on demand."""
 
-    def __init__(self, num_layers: int, num_experts: int, device: torch.device | str = "cpu"):
+    def __init__(self, num_layers: int, num_experts: int, device: torch.device | str = "cpu",
+                 layer_ids: Optional[Sequence[int]] = None):
+        """num_layers: the MoE layers; layer_ids: their decoder layer numbers for the metric names
+        (default 0, 1, ...; with model.moe.layer_freq / first_k_dense only some layers are MoE)."""
         self.num_layers, self.num_experts = num_layers, num_experts
+        self.layer_ids = list(layer_ids) if layer_ids is not None else list(range(num_layers))
+        if len(self.layer_ids) != num_layers:
+            raise ValueError(f"{len(self.layer_ids)} layer ids for {num_layers} MoE layers")
         self.device = torch.device(device)
         self.reset()
 
@@ -122,18 +128,20 @@ class RoutingAccumulator:
         tpe, mcounts, mtokens, scalars = torch.split(flat, sizes)
         tpe, mcounts, mtokens, scalars = tpe.view(L, E), mcounts.view(L, 2, E), mtokens.view(L, 2), scalars.view(L, 4)
         self.reset()
-        return summarise(tpe, scalars, mcounts, mtokens, bool(mtokens[:, 0].sum() > 0))
+        return summarise(tpe, scalars, mcounts, mtokens, bool(mtokens[:, 0].sum() > 0), self.layer_ids)
 
 
-def summarise(tokens_per_expert, scalars, modality_counts, modality_tokens, has_visual: bool):
+def summarise(tokens_per_expert, scalars, modality_counts, modality_tokens, has_visual: bool,
+              layer_ids: Optional[Sequence[int]] = None):
     max_over_mean, cv = load_balance(tokens_per_expert)
     assignments = tokens_per_expert.sum(-1).clamp_min(1)
     tokens = scalars[:, 1].clamp_min(1)
     dropped = scalars[:, 0] / assignments
     z, entropy = scalars[:, 2] / tokens, scalars[:, 3] / tokens
     metrics: dict = {}
+    layer_ids = list(layer_ids) if layer_ids is not None else list(range(tokens_per_expert.shape[0]))
     for layer in range(tokens_per_expert.shape[0]):
-        prefix = f"router/layer{layer:02d}/"
+        prefix = f"router/layer{layer_ids[layer]:02d}/"
         metrics[prefix + "load_max_over_mean"] = float(max_over_mean[layer])
         metrics[prefix + "load_cv"] = float(cv[layer])
         metrics[prefix + "dropped_frac"] = float(dropped[layer])
@@ -141,7 +149,7 @@ def summarise(tokens_per_expert, scalars, modality_counts, modality_tokens, has_
         metrics[prefix + "entropy"] = float(entropy[layer])
     finite = torch.nan_to_num(max_over_mean, nan=-1.0)
     worst = int(finite.argmax())
-    metrics["router/worst_layer"] = worst
+    metrics["router/worst_layer"] = layer_ids[worst]
     metrics["router/load_max_over_mean_worst"] = float(max_over_mean[worst])
     metrics["router/load_cv_mean"] = float(cv.nanmean())
     metrics["router/dropped_frac"] = float(scalars[:, 0].sum() / assignments.sum())

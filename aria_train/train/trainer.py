@@ -47,7 +47,8 @@ class Trainer:
         self.groups = groups
         self.callbacks = callbacks
         self.timer = StepTimer(device)
-        self.routing = RoutingAccumulator(cfg.model.num_layers, cfg.model.moe.num_experts, device)
+        moe_layers = cfg.model.moe_layers
+        self.routing = RoutingAccumulator(len(moe_layers), cfg.model.moe.num_experts, device, moe_layers)
         self.history: list[dict] = []
         self.stop_reason: Optional[str] = None  # set by a callback: the run ends after this step
         self.activity = "start-up"  # what the loop is doing, for a collective-timeout message

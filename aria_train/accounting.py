@@ -80,6 +80,43 @@ def memory_per_rank(
     return RankMemory(weight_bytes * local_params, grad_bytes * local_params, optimizer)
 
 
+@dataclass
+class EncoderCounts:
+    total: int  # vision tower (with its audio embedding, if any)
+    routed_experts: int  # the encoder's routed experts, all layers
+    moe_layers: list  # encoder layers with a MoE MLP
+    active_per_token: float  # dense + the experts' share one token runs (top_k / E, or c / E for expert choice)
+
+
+def count_encoder_parameters(tower: nn.Module, moe_layers: list, moe_cfg) -> EncoderCounts:
+    """Parameter counts of a vision tower (built on the meta device)."""
+    experts = expert_parameter_layouts(tower)
+    total = sum(p.numel() for p in tower.parameters())
+    routed = sum(p.numel() for name, p in tower.named_parameters() if name in experts)
+    per_token = moe_cfg.expert_choice_capacity_factor if moe_cfg.router == "expert_choice" else moe_cfg.top_k
+    share = per_token / moe_cfg.num_experts if routed else 0.0
+    return EncoderCounts(total, routed, list(moe_layers), total - routed + routed * share)
+
+
+def format_encoder_report(counts: EncoderCounts, vision, world_size: int, ep_size: int) -> str:
+    """The vision tower's lines of --dry-run (multimodal stages)."""
+    lines = [f"vision tower parameters      {counts.total:,}"]
+    if counts.routed_experts:
+        moe = vision.moe
+        routing = (f"expert choice, c={moe.expert_choice_capacity_factor:g}" if moe.router == "expert_choice"
+                   else f"top-{moe.top_k}")
+        layers = ", ".join(map(str, counts.moe_layers))
+        local = counts.total - counts.routed_experts + counts.routed_experts / ep_size
+        lines += [
+            f"  routed experts             {counts.routed_experts:,} ({moe.num_experts} experts, {routing}, "
+            f"in encoder layers {layers} of {vision.num_layers}: vision.moe.layers={moe.layers})",
+            f"  dense                      {counts.total - counts.routed_experts:,}",
+            f"  active per token           {counts.active_per_token:,.0f}",
+            f"  per rank (ep-size {ep_size})      {local:,.0f} parameters, {4 * local / GIB:.3f} GiB fp32 weights",
+        ]
+    return "\n".join(lines)
+
+
 def format_report(counts: ParameterCounts, memory: RankMemory, world_size: int, ep_size: int, preset: str) -> str:
     lines = [
         f"model preset                 {preset}",

@@ -61,7 +61,21 @@ def dry_run(args) -> int:
     memory = memory_per_rank(counts, world, cfg.parallel.ep_size, zero1=cfg.optimizer.zero1)
     print(format_report(counts, memory, world, cfg.parallel.ep_size, cfg.model.preset))
     print(dry_run_memory_report(cfg, counts, world))
+    if cfg.multimodal:
+        print(_encoder_report(cfg, world))
     return 0
+
+
+def _encoder_report(cfg, world: int) -> str:
+    from aria_train.accounting import count_encoder_parameters, format_encoder_report
+    from aria_train.model.vision import VisionTransformer
+
+    import torch
+
+    with torch.device("meta"):
+        tower = VisionTransformer(cfg.vision, cfg.audio)
+    counts = count_encoder_parameters(tower, cfg.vision.moe_layers, cfg.vision.moe)
+    return format_encoder_report(counts, cfg.vision, world, cfg.parallel.ep_size)
 
 
 def train(cfg) -> int:

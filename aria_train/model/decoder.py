@@ -47,6 +47,7 @@ class DecoderOutput:
     balance_loss: torch.Tensor  # scalar, summed over layers, coefficient applied
     z_loss: torch.Tensor  # scalar, summed over layers, coefficient applied
     router_stats: list = field(default_factory=list)  # per MoE layer, aria_train.moe.layer.RouterStats
+    encoder_router_stats: list = field(default_factory=list)  # the ViT's MoE layers (vision.moe), if any
 
 
 class DecoderBlock(nn.Module):

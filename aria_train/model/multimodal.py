@@ -13,6 +13,7 @@ packed.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -22,11 +23,13 @@ from aria_train.model.config import ModelConfig
 from aria_train.model.vision_config import ProjectorConfig, VisionConfig
 from aria_train.model.decoder import AriaForCausalLM, DecoderOutput
 from aria_train.model.projector import Projector
-from aria_train.model.vision import Grid, VisionTransformer
+from aria_train.model.vision import Grid, VisionOutput, VisionTransformer
+from aria_train.nn.media import AUDIO, IMAGE, VIDEO, MediaBatch
 
 
 class AriaForConditionalGeneration(nn.Module):
-    def __init__(self, cfg: ModelConfig, vision: VisionConfig, projector: ProjectorConfig, image_token_id: int):
+    def __init__(self, cfg: ModelConfig, vision: VisionConfig, projector: ProjectorConfig, image_token_id: int,
+                 audio=None):
         super().__init__()
         projector.validate(vision)
         if not 0 <= image_token_id < cfg.vocab_size:
@@ -34,8 +37,9 @@ class AriaForConditionalGeneration(nn.Module):
         self.cfg = cfg
         self.vision_cfg = vision
         self.projector_cfg = projector
+        self.audio_cfg = audio  # aria_train.model.audio.AudioConfig or None
         self.image_token_id = image_token_id
-        self.vision_tower = VisionTransformer(vision)
+        self.vision_tower = VisionTransformer(vision, audio)
         self.multi_modal_projector = Projector(vision.hidden_size, cfg.hidden_size, vision.num_heads, projector)
         self.language_model = AriaForCausalLM(cfg)
 
@@ -53,21 +57,49 @@ class AriaForConditionalGeneration(nn.Module):
         """patches [T, C*p*p] packed, grid [(h_i, w_i)] -> [sum_i Q_i, hidden] (decoder width)."""
         return self.multi_modal_projector(self.vision_tower(patches, grid), grid)
 
+    def media_queries(self, media: MediaBatch) -> list[int]:
+        """Projector queries (= `<|img|>` tokens) of every item in media order: an image or a video
+        by its spatial grid, an audio clip audio.queries."""
+        grids = {IMAGE: iter(media.grid), VIDEO: iter((h, w) for _, h, w in media.video_grid)}
+        queries = []
+        for kind in media.order:
+            if kind == AUDIO:
+                queries.append(self.audio_cfg.queries_for(self.projector_cfg))
+            else:
+                queries.append(self.multi_modal_projector.queries_for(*next(grids[kind])))
+        return queries
+
+    def media_features(self, media: MediaBatch) -> tuple[torch.Tensor, VisionOutput]:
+        """Every item of `media` -> ([sum of its queries, hidden], the encoder's output). An empty
+        `media` still runs the encoder (with experts, the EP group needs every rank) and returns
+        no features."""
+        encoded = self.vision_tower.encode(media)
+        if not encoded.lengths:
+            return encoded.features.new_zeros(0, self.cfg.hidden_size), encoded
+        features = self.multi_modal_projector(encoded.features, None, self.media_queries(media), encoded.lengths)
+        return features, encoded
+
     def embed(
-        self, tokens: torch.Tensor, patches: Optional[torch.Tensor] = None, grid: Optional[Grid] = None
+        self, tokens: torch.Tensor, patches: Optional[torch.Tensor] = None, grid: Optional[Grid] = None, **media
     ) -> torch.Tensor:
         """tokens [B, S] -> embeddings [B, S, H] with image features at the image-token positions."""
+        return self._embed(tokens, MediaBatch(patches, grid or [], **media))[0]
+
+    def _embed(self, tokens: torch.Tensor, media: MediaBatch) -> tuple[torch.Tensor, Optional[VisionOutput]]:
         embeds = self.language_model.embed_tokens(tokens)
         image_mask = tokens == self.image_token_id
-        if patches is None:
+        if len(media) == 0 and not self.vision_tower.has_experts:
             if bool(image_mask.any()):
                 raise ValueError(f"{int(image_mask.sum())} image tokens but no images were given")
-            return embeds
-        features = self.image_features(patches, grid)
+            return embeds, None
+        features, encoded = self.media_features(media)
         n_tokens = int(image_mask.sum())
         if n_tokens != features.shape[0]:
             raise ValueError(f"{n_tokens} image tokens in the text but the images give {features.shape[0]} features")
-        return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
+        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
+        if len(media) == 0:  # keep the encoder in the graph: its backward all-to-alls run on every rank
+            embeds = embeds + 0 * encoded.features.sum().to(embeds.dtype)
+        return embeds, encoded
 
     def forward(
         self,
@@ -75,18 +107,27 @@ class AriaForConditionalGeneration(nn.Module):
         position_ids: Optional[torch.Tensor] = None,
         patches: Optional[torch.Tensor] = None,
         grid: Optional[Grid] = None,
+        **media,
     ) -> DecoderOutput:
         """tokens [B, S]; position_ids [B, S]; patches [T, C*p*p] and grid [(h_i, w_i)] for the
-        images of the whole micro-batch (or None) -> DecoderOutput (hidden [B, S, H] after the
-        final norm, balance and z losses)."""
-        embeds = self.embed(tokens, patches, grid)
-        return self.language_model(position_ids=position_ids, inputs_embeds=embeds)
+        images of the whole micro-batch (or None), and with IMP's options the other items of
+        aria_train.nn.media (video_patches, video_grid, audio_patches, audio_grid, media_order)
+        -> DecoderOutput (hidden [B, S, H] after the final norm; balance and z losses of the
+        decoder and the encoder's MoE layers; encoder_router_stats)."""
+        embeds, encoded = self._embed(tokens, MediaBatch(patches, grid or [], **media))
+        out = self.language_model(position_ids=position_ids, inputs_embeds=embeds)
+        if encoded is None:
+            return out
+        return dataclasses.replace(out, balance_loss=out.balance_loss + encoded.balance_loss,
+                                   z_loss=out.z_loss + encoded.z_loss, encoder_router_stats=encoded.router_stats)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> [..., vocab]. Only for small inputs: training uses the chunked loss."""
         return self.language_model.logits(hidden)
 
     def expert_modules(self):
+        """The decoder's routed experts (what HF export covers); the encoder's, if any, are in
+        aria_train.moe.experts.expert_parameter_layouts like every expert."""
         return self.language_model.expert_modules()
 
 
@@ -97,10 +138,11 @@ def build_multimodal_model(
     image_token_id: int,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    audio=None,
 ) -> AriaForConditionalGeneration:
     """Builds and initialises the model. On device="meta" nothing is allocated."""
     with torch.device(device):
-        model = AriaForConditionalGeneration(cfg, vision, projector, image_token_id)
+        model = AriaForConditionalGeneration(cfg, vision, projector, image_token_id, audio)
     if str(device) != "meta":
         model.init_weights(seed)
     return model

@@ -129,14 +129,19 @@ class Projector(nn.Module):
         return [self.queries_for(h, w) for h, w in grid_list(grid)]
 
     def forward(
-        self, features: torch.Tensor, grid: Grid, num_queries: Optional[Sequence[int]] = None
+        self, features: torch.Tensor, grid: Optional[Grid], num_queries: Optional[Sequence[int]] = None,
+        key_lengths: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
         """features [T, Dv] (ViT output, packed), grid per image (h, w) with sum h*w = T;
-        num_queries per image (default: from the grid) -> [sum num_queries, Dt]"""
-        grid = grid_list(grid)
-        if num_queries is None:
-            num_queries = self.num_queries(grid)
-        seg_k = Segments([h * w for h, w in grid])
+        num_queries per image (default: from the grid) -> [sum num_queries, Dt]. For items that
+        are not single images (videos: t*h*w tokens; audio clips), give key_lengths (tokens per
+        item) and num_queries instead of the grid."""
+        if key_lengths is None:
+            grid = grid_list(grid)
+            key_lengths = [h * w for h, w in grid]
+            if num_queries is None:
+                num_queries = self.num_queries(grid)
+        seg_k = Segments(list(key_lengths))
         seg_q = Segments(list(num_queries))
         if seg_k.total != features.shape[0]:
             raise ValueError(f"grid covers {seg_k.total} patches but {features.shape[0]} features were given")

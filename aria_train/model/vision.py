@@ -19,9 +19,8 @@ Parameter names are transformers' (embeddings.*, encoder.layers.N.*, post_layern
 
 from __future__ import annotations
 
-import functools
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -32,160 +31,17 @@ from torch.utils.checkpoint import checkpoint
 from aria_train.model.norm import RMSNorm
 from aria_train.model.qk_norm import apply_norm, make_qk_norm
 from aria_train.model.vision_config import VisionConfig
+from aria_train.model.vision_embeddings import VisionEmbeddings
+from aria_train.moe.experts import expert_parameter_layouts
+from aria_train.moe.layer import MoELayer
+from aria_train.nn.media import AUDIO, IMAGE, VIDEO, MediaBatch
+from aria_train.model.packed_attention import ATTENTION_BACKENDS, Segments, packed_attention  # noqa: F401 (re-exported)
+from aria_train.model.vision_positions import bucketed_position_ids  # noqa: F401 (re-exported)
 from aria_train.nn.image_patches import Grid, grid_list, pack_images, patchify  # noqa: F401 (re-exported)
-
-
-@functools.lru_cache(maxsize=4096)
-def _bucketed_positions_cpu(h: int, w: int, side: int) -> torch.Tensor:
-    # Same float32 arithmetic as Idefics3VisionEmbeddings.forward, so the buckets are identical.
-    boundaries = torch.arange(1 / side, 1.0, 1 / side, dtype=torch.float32)
-    frac_h = torch.arange(h, dtype=torch.float32) * (1.0 / torch.tensor(h))
-    frac_w = torch.arange(w, dtype=torch.float32) * (1.0 / torch.tensor(w))
-    frac_h = torch.clamp(frac_h, max=1.0 - 1e-6)
-    frac_w = torch.clamp(frac_w, max=1.0 - 1e-6)
-    bucket_h = torch.bucketize(frac_h, boundaries, right=True)
-    bucket_w = torch.bucketize(frac_w, boundaries, right=True)
-    return (bucket_h[:, None] * side + bucket_w[None, :]).reshape(-1)
-
-
-def bucketed_position_ids(grid: Grid, side: int, device=None) -> torch.Tensor:
-    """grid [(h, w)] -> position ids [sum h*w] into a side x side position table (Idefics3's
-    bucketing: patch (i, j) of an h x w image takes grid cell (floor-bucket(i/h), floor-bucket(j/w)))."""
-    ids = []
-    for h, w in grid_list(grid):
-        if not (1 <= h <= side and 1 <= w <= side):
-            raise ValueError(f"image of {h}x{w} patches does not fit the {side}x{side} position grid")
-        ids.append(_bucketed_positions_cpu(h, w, side))
-    return torch.cat(ids).to(device)
-
-
-@dataclass
-class Segments:
-    """Lengths of packed sequences and what attention kernels need to know about them."""
-
-    lengths: list[int]
-
-    def __post_init__(self):
-        self.lengths = [int(n) for n in self.lengths]
-        if any(n <= 0 for n in self.lengths):
-            raise ValueError(f"segment lengths must be positive, got {self.lengths}")
-        self.max_len = max(self.lengths) if self.lengths else 0
-        self.total = sum(self.lengths)
-
-    def cu_seqlens(self, device) -> torch.Tensor:
-        cu = [0]
-        for n in self.lengths:
-            cu.append(cu[-1] + n)
-        return torch.tensor(cu, dtype=torch.int32, device=device)
-
-    def offsets(self) -> list[int]:
-        out, acc = [], 0
-        for n in self.lengths:
-            out.append(acc)
-            acc += n
-        return out
-
-
-ATTENTION_BACKENDS = ("auto", "loop", "mask", "varlen")
-
-
-def _varlen_available(x: torch.Tensor) -> bool:
-    if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
-        return False
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def packed_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_q: Segments, seg_k: Segments, backend: str = "auto"
-) -> torch.Tensor:
-    """Block-diagonal attention over packed sequences, no causal mask.
-
-    q [Tq, H, d], k/v [Tk, H, d]; segment i of q attends only to segment i of k/v (seg_q and
-    seg_k have the same number of segments) -> [Tq, H, d]. Scale 1/sqrt(d).
-
-    backend: "varlen" = torch's flash varlen kernel (CUDA, fp16/bf16); "loop" = SDPA per group of
-    equally long segments (exact, O(sum n^2) memory; the CPU path); "mask" = one SDPA call with a
-    [Tq, Tk] block-diagonal boolean mask (O(Tq*Tk) memory: small inputs only); "auto" = varlen
-    where it can run, else loop.
-    """
-    if len(seg_q.lengths) != len(seg_k.lengths):
-        raise ValueError(f"{len(seg_q.lengths)} query segments but {len(seg_k.lengths)} key segments")
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention backend {backend!r} is not one of {ATTENTION_BACKENDS}")
-    if backend == "auto":
-        backend = "varlen" if _varlen_available(q) else "loop"
-    if backend == "varlen":
-        from torch.nn.attention.varlen import varlen_attn
-
-        return varlen_attn(
-            q, k, v, seg_q.cu_seqlens(q.device), seg_k.cu_seqlens(q.device), seg_q.max_len, seg_k.max_len
-        )
-    if backend == "mask":
-        sq = torch.repeat_interleave(torch.arange(len(seg_q.lengths)), torch.tensor(seg_q.lengths))
-        sk = torch.repeat_interleave(torch.arange(len(seg_k.lengths)), torch.tensor(seg_k.lengths))
-        mask = (sq[:, None] == sk[None, :]).to(q.device)
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-            attn_mask=mask,
-        )
-        return out.squeeze(0).transpose(0, 1)
-    return _loop_attention(q, k, v, seg_q, seg_k)
-
-
-def _loop_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_q: Segments, seg_k: Segments) -> torch.Tensor:
-    """packed_attention's "loop" backend: one batched SDPA per distinct (query length, key length)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, key in enumerate(zip(seg_q.lengths, seg_k.lengths)):
-        groups.setdefault(key, []).append(i)
-    if len(groups) == 1 and len(seg_q.lengths) > 0:
-        (lq, lk), _ = next(iter(groups.items()))
-        n = len(seg_q.lengths)
-        out = F.scaled_dot_product_attention(
-            q.view(n, lq, *q.shape[1:]).transpose(1, 2),
-            k.view(n, lk, *k.shape[1:]).transpose(1, 2),
-            v.view(n, lk, *v.shape[1:]).transpose(1, 2),
-        )
-        return out.transpose(1, 2).reshape(q.shape[0], *q.shape[1:-1], v.shape[-1])
-    off_q, off_k = seg_q.offsets(), seg_k.offsets()
-    rows, outs = [], []
-    for (lq, lk), members in groups.items():
-        rq = torch.cat([torch.arange(off_q[i], off_q[i] + lq) for i in members]).to(q.device)
-        rk = torch.cat([torch.arange(off_k[i], off_k[i] + lk) for i in members]).to(q.device)
-        n = len(members)
-        out = F.scaled_dot_product_attention(
-            q[rq].view(n, lq, *q.shape[1:]).transpose(1, 2),
-            k[rk].view(n, lk, *k.shape[1:]).transpose(1, 2),
-            v[rk].view(n, lk, *v.shape[1:]).transpose(1, 2),
-        )
-        rows.append(rq)
-        outs.append(out.transpose(1, 2).reshape(n * lq, *q.shape[1:-1], v.shape[-1]))
-    order = torch.cat(rows)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return torch.cat(outs)[inverse]
 
 
 # --------------------------------------------------------------------------------------------
 # Modules
-
-
-class VisionEmbeddings(nn.Module):
-    def __init__(self, cfg: VisionConfig):
-        super().__init__()
-        self.patch_size = cfg.patch_size
-        self.num_patches_per_side = cfg.num_patches_per_side
-        self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size)
-        self.position_embedding = nn.Embedding(cfg.num_patches_per_side**2, cfg.hidden_size)
-
-    def forward(self, patches: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """patches [T, C*p*p], position_ids [T] -> [T, D]"""
-        weight = self.patch_embedding.weight.flatten(1)
-        x = F.linear(patches.to(weight.dtype), weight, self.patch_embedding.bias)
-        return x + self.position_embedding(position_ids)
 
 
 class VisionAttention(nn.Module):
@@ -210,7 +66,7 @@ class VisionAttention(nn.Module):
         q, k = self.queries_keys(x)
         v = self.v_proj(x).view(q.shape[0], self.num_heads, self.head_dim)
         out = packed_attention(q, k, v, segments, segments, backend)
-        return self.out_proj(out.reshape(x.shape[0], -1))
+        return self.out_proj(out.reshape(x.shape[0], self.num_heads * self.head_dim))
 
 
 class VisionMLP(nn.Module):
@@ -223,59 +79,125 @@ class VisionMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # = transformers' gelu_pytorch_tanh
 
 
+@dataclass
+class VisionOutput:
+    features: torch.Tensor  # [T, D] last encoder layer's output (before post_layernorm), items packed in order
+    lengths: list  # tokens of each item, in order
+    balance_loss: torch.Tensor  # scalar, the MoE layers' (coefficient applied; 0 without experts)
+    z_loss: torch.Tensor  # scalar
+    router_stats: list = field(default_factory=list)  # per MoE layer, aria_train.moe.layer.RouterStats
+
+
 class VisionEncoderLayer(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    """Pre-norm: attention, then the MLP: SigLIP's GELU MLP, or (vision.moe) a MoE layer of
+    aria_train.moe, whose routed experts expert parallelism shards like the decoder's."""
+
+    def __init__(self, cfg: VisionConfig, is_moe: bool = False):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.self_attn = VisionAttention(cfg)
         self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.mlp = VisionMLP(cfg)
+        self.mlp = MoELayer(cfg.hidden_size, cfg.moe.layer_config(cfg.intermediate_size)) if is_moe else VisionMLP(cfg)
 
-    def forward(self, x: torch.Tensor, segments: Segments, backend: str = "auto") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: Segments, backend: str = "auto"):
+        """x [T, D] -> (x, balance_loss, z_loss, router stats or None)"""
         x = x + self.self_attn(self.layer_norm1(x), segments, backend)
-        return x + self.mlp(self.layer_norm2(x))
+        h = self.layer_norm2(x)
+        if isinstance(self.mlp, MoELayer):
+            out = self.mlp(h)
+            return x + out.hidden, out.balance_loss, out.z_loss, out.stats
+        zero = x.new_zeros((), dtype=torch.float32)
+        return x + self.mlp(h), zero, zero, None
 
 
 class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.layers = nn.ModuleList(VisionEncoderLayer(cfg) for _ in range(cfg.num_layers))
+        moe_layers = set(cfg.moe_layers)
+        self.layers = nn.ModuleList(VisionEncoderLayer(cfg, i in moe_layers) for i in range(cfg.num_layers))
 
 
 class VisionTransformer(nn.Module):
-    """SigLIP-shaped ViT over packed variable-size images.
+    """SigLIP-shaped ViT over packed variable-size images (and, with IMP's options, videos as
+    tubelets and audio clips: one tower, a patch embedding per modality).
 
     forward(patches [T, C*p*p], grid [(h_i, w_i)] with sum h_i*w_i = T) -> features [T, D],
     the last encoder layer's output (before post_layernorm), packed in the input order.
+    encode(MediaBatch) -> VisionOutput: every item of a micro-batch (aria_train.nn.media) in its
+    order, with the MoE layers' losses (use it when vision.moe is on).
     """
 
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, cfg: VisionConfig, audio=None):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
         self.embeddings = VisionEmbeddings(cfg)
+        if audio is not None and audio.enabled:
+            from aria_train.model.audio import AudioEmbeddings
+
+            self.audio_embeddings = AudioEmbeddings(audio, cfg.hidden_size)
         self.encoder = VisionEncoder(cfg)
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # kept for checkpoints; unused
         self.activation_checkpointing = cfg.activation_checkpointing
         self.attention_backend = "auto"  # see packed_attention
 
+    @property
+    def has_experts(self) -> bool:
+        """With routed experts every rank must run the tower for every micro-batch, images or
+        not: expert parallelism's all-to-alls need every rank of the EP group."""
+        return bool(self.cfg.moe_layers)
+
     def forward(self, patches: torch.Tensor, grid: Grid, position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """patches [T, C*p*p] (images concatenated, each row-major, see patchify);
-        grid: per image (h_patches, w_patches); position_ids [T] (default: bucketed from grid)
+        grid: per image (h_patches, w_patches); position_ids [T] (default: from grid)
         -> [T, hidden] before post_layernorm."""
-        grid = grid_list(grid)
-        segments = Segments([h * w for h, w in grid])
-        if segments.total != patches.shape[0]:
-            raise ValueError(f"grid covers {segments.total} patches but {patches.shape[0]} were given")
-        if position_ids is None:
-            position_ids = bucketed_position_ids(grid, self.cfg.num_patches_per_side, patches.device)
-        x = self.embeddings(patches, position_ids)
+        return self.encode(MediaBatch(patches, grid_list(grid)), position_ids).features
+
+    def encode(self, media: MediaBatch, position_ids: Optional[torch.Tensor] = None) -> VisionOutput:
+        """Every item of `media` through its embedding, then the shared layers -> VisionOutput.
+        position_ids: the images' bucketed positions (default: from their grid)."""
+        x, lengths = self.embed(media, position_ids)
+        segments = Segments(lengths)
+        balance = z = x.new_zeros((), dtype=torch.float32)
+        stats = []
         for layer in self.encoder.layers:
             if self.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, segments, self.attention_backend, use_reentrant=False)
+                x, layer_balance, layer_z, layer_stats = checkpoint(layer, x, segments, self.attention_backend,
+                                                                    use_reentrant=False)
             else:
-                x = layer(x, segments, self.attention_backend)
-        return x
+                x, layer_balance, layer_z, layer_stats = layer(x, segments, self.attention_backend)
+            balance, z = balance + layer_balance, z + layer_z
+            if layer_stats is not None:
+                stats.append(layer_stats)
+        return VisionOutput(x, lengths, balance, z, stats)
+
+    def embed(self, media: MediaBatch, position_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list]:
+        """-> (embedded tokens [T, D] of every item in media.order, tokens per item)."""
+        media.check()
+        pieces = {IMAGE: [], VIDEO: [], AUDIO: []}
+        if media.grid:
+            sizes = [h * w for h, w in media.grid]
+            if sum(sizes) != media.patches.shape[0]:
+                raise ValueError(f"grid covers {sum(sizes)} patches but {media.patches.shape[0]} were given")
+            pieces[IMAGE] = list(self.embeddings.embed_images(media.patches, media.grid, position_ids).split(sizes))
+        if media.video_grid:
+            sizes = [t * h * w for t, h, w in media.video_grid]
+            pieces[VIDEO] = list(self.embeddings.embed_videos(media.video_patches, media.video_grid).split(sizes))
+        if media.audio_grid:
+            if not hasattr(self, "audio_embeddings"):
+                raise ValueError("audio items but the encoder has no audio embedding (audio.input is none)")
+            sizes = [h * w for h, w in media.audio_grid]
+            pieces[AUDIO] = list(self.audio_embeddings(media.audio_patches, media.audio_grid).split(sizes))
+        taken = {IMAGE: 0, VIDEO: 0, AUDIO: 0}
+        ordered = []
+        for kind in media.order:
+            ordered.append(pieces[kind][taken[kind]])
+            taken[kind] += 1
+        if not ordered:  # nothing to encode: an empty sequence that still runs every layer
+            weight = self.embeddings.patch_embedding.weight
+            empty = weight.new_zeros(0, self.embeddings._image_kernel().shape[1])
+            ordered = [self.embeddings.embed_images(empty, [])]
+        return torch.cat(ordered), [piece.shape[0] for piece in ordered if piece.shape[0] > 0]
 
     def forward_images(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """list of [C, H_i, W_i] (sides multiples of the patch size) -> list of [h_i*w_i, D]."""
@@ -286,18 +208,25 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int = 0, prefix: str = "vision_tower.") -> None:
         """LayerNorms 1/0, biases 0, other weights Normal(0, init_std or 1/sqrt(fan_in)), each tensor from its own
-        seeded generator (independent of the rest of the model)."""
+        seeded generator (independent of the rest of the model); routed experts one generator per
+        global expert, so an expert-parallel shard holds exactly its slice of the full tower."""
         _init_module_(self, self.cfg.init_std, seed, prefix)
 
 
 def _init_module_(module: nn.Module, std: Optional[float], seed: int, prefix: str) -> None:
     norms = {n for n, m in module.named_modules() if isinstance(m, (nn.LayerNorm, RMSNorm))}
+    experts = expert_parameter_layouts(module)
     for name, param in module.named_parameters():
         owner, _, leaf = name.rpartition(".")
         if owner in norms:
             param.fill_(1.0 if leaf == "weight" else 0.0)
         elif leaf.endswith("bias"):
             param.zero_()
+        elif name in experts:  # [e, in, out]: fan-in is `in`; one generator per global expert
+            layout = experts[name]
+            scale = std if std is not None else param.shape[-2] ** -0.5
+            for i in range(layout.num_local_experts):
+                seeded_normal_(param[i], scale, seed, f"{prefix}{name}[{layout.global_index(i)}]")
         else:
             # None = 1/sqrt(fan_in): SigLIP-size widths get about the usual 0.02-0.03, while a
             # narrow test preset keeps its signal through the projector's chain of linears
@@ -314,6 +243,8 @@ def seeded_normal_(tensor: torch.Tensor, std: float, seed: int, name: str) -> No
 
 __all__ = [
     "Segments",
+    "VisionEmbeddings",
+    "VisionOutput",
     "VisionTransformer",
     "bucketed_position_ids",
     "pack_images",

@@ -35,3 +35,18 @@ def grid_list(grid: Grid) -> list[tuple[int, int]]:
     if isinstance(grid, torch.Tensor):
         grid = grid.tolist()
     return [(int(h), int(w)) for h, w in grid]
+
+
+def patchify_video(video: torch.Tensor, frames_per_tubelet: int, patch_size: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """video [F, C, H, W] (F a multiple of frames_per_tubelet, H and W of patch_size) ->
+    (tubelets [t*h*w, C*f*p*p], (t, h, w)).
+
+    Tubelets are in (t, y, x) row-major order; each is flattened in (c, dt, dy, dx) order, the
+    order of a Conv3d weight [D, C, f, p, p] flattened to [D, C*f*p*p]."""
+    num_frames, c, height, width = video.shape
+    f, p = frames_per_tubelet, patch_size
+    if num_frames % f or height % p or width % p:
+        raise ValueError(f"video of {num_frames} frames of {height}x{width} does not tile into {f}x{p}x{p} tubelets")
+    t, h, w = num_frames // f, height // p, width // p
+    tubelets = video.reshape(t, f, c, h, p, w, p).permute(0, 3, 5, 2, 1, 4, 6).reshape(t * h * w, -1)
+    return tubelets, (t, h, w)

@@ -24,6 +24,7 @@ from aria_train.config.loader import from_dict
 from aria_train.config.presets import DEFAULT_VISION_PRESET, MODEL_PRESETS, VISION_PRESETS
 from aria_train.data.config import DataConfig
 from aria_train.errors import UserError
+from aria_train.model.audio import AudioConfig
 from aria_train.model.config import ModelConfig
 from aria_train.model.vision_config import ProjectorConfig, VisionConfig
 from aria_train.moe.layout import ExpertLayout
@@ -42,6 +43,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)  # IMP's audio inputs (off by default)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -57,6 +59,10 @@ class RunConfig:
         if self.multimodal:
             self.vision.validate()
             self.projector.validate(self.vision)
+            self.audio.validate(self.projector)
+            if self.vision.moe.enabled and self.vision.moe.num_experts % self.parallel.ep_size:
+                raise ConfigError(f"parallel.ep_size={self.parallel.ep_size} does not divide "
+                                  f"vision.moe.num_experts={self.vision.moe.num_experts}")
         self.train.validate()
         ExpertLayout(self.model.moe.num_experts, self.parallel.ep_size)  # ep_size must divide the experts
         if world_size is not None:

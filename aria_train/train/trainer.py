@@ -17,6 +17,7 @@ import torch
 
 from aria_train.checkpoint import TrainingParts
 from aria_train.errors import UserError
+from aria_train.nn.media import MEDIA_KEYS
 from aria_train.parallel.distributed import all_reduce_sum
 from aria_train.parallel.groups import ParallelGroups
 from aria_train.train.callbacks import AbortTraining, Callback
@@ -182,17 +183,22 @@ class Trainer:
         labels = batch["labels"].to(self.device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(self.device, non_blocking=True)
         position_ids = batch["position_ids"].to(self.device, non_blocking=True)
-        images = {}
-        if "patches" in batch:  # multimodal stages: the micro-batch's crops, packed
-            patches = batch["patches"]
-            images = {"patches": None if patches is None else patches.to(self.device, non_blocking=True),
-                      "grid": batch["grid"]}
         with self._autocast():
-            out = self.model(tokens, position_ids=position_ids, **images)
+            out = self.model(tokens, position_ids=position_ids, **self._media(batch))
             lm_sum = chunked_cross_entropy_sum(
                 out.hidden.flatten(0, 1), self.model.lm_head.weight, labels.flatten(), loss_mask.flatten()
             )
         return lm_sum, out.balance_loss, out.z_loss, out.router_stats
+
+    def _media(self, batch: dict) -> dict:
+        """Multimodal stages: the micro-batch's crops (and videos, audio clips), packed
+        (aria_train.nn.media), tensors on the device; {} for text-only batches."""
+        media = {}
+        for key in MEDIA_KEYS:
+            if key in batch:
+                value = batch[key]
+                media[key] = value.to(self.device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+        return media
 
     def _visual_mask(self, batch: dict) -> Optional[torch.Tensor]:
         """[T] True for image tokens (the batch's `is_visual`, else the model's image token id);

@@ -40,7 +40,9 @@ class DataConfig:
     image_mode: Literal["medium", "high", "ultra-high"] = "medium"
     on_bad_sample: Literal["skip", "error"] = "skip"  # skip (and count) | error
     synthetic_samples: int = 4000  # size of the generated demo shards
-    synthetic_kind: str = ""  # "" = the stage-2 mix of kinds; "chat" = conversations (stage 4)
+    # "" = the stage-2 mix of kinds; "chat" = conversations (stage 4); "imp" = pictures, video clips
+    # and beeps (IMP's options: vision.patch=tubelet, audio.input); or one kind (caption, clip, audio, ...)
+    synthetic_kind: str = ""
     # Bad-data guard: stop when more than this fraction of a source's last bad_sample_window
     # samples are bad, or when its first 100 are all bad.
     max_bad_fraction: float = 0.05

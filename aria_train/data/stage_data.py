@@ -86,7 +86,8 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     )
 
     data_cfg, train_cfg = cfg.data, cfg.train
-    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode)
+    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode,
+                                           media=media_settings(cfg))
     shard_sets = _multimodal_shard_sets(cfg, groups, logger, tokenizer)
     total_mm = sum(weight for weight, _ in shard_sets)
     image_root = data_cfg.mm_image_root or None
@@ -118,6 +119,18 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
         # data; point data.mm_data_path at separate shards for a true held-out set.
         valid_factory = lambda: batches(valid_set, train_cfg.seed + 1)  # noqa: E731
     return StageData(batches(train_set, train_cfg.seed), valid_factory, tokenizer)
+
+
+def media_settings(cfg):
+    """What the data side needs of IMP's options: tubelet clips (vision.patch=tubelet) and audio
+    (audio.input), as plain sizes (aria_train.data.multimodal.media.MediaSettings)."""
+    from aria_train.data.multimodal.media import MediaSettings
+
+    vision, audio = cfg.vision, cfg.audio
+    return MediaSettings(tubelet_frames=vision.tubelet_frames if vision.patch == "tubelet" else 0,
+                         max_frames=vision.max_frames,
+                         audio=audio.feature_spec() if audio.enabled else None,
+                         audio_queries=audio.queries_for(cfg.projector) if audio.enabled else 0)
 
 
 def _gather_messages(groups, message: str) -> list:

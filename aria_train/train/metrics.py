@@ -31,9 +31,12 @@ CONSOLE_FIELDS = [
     ("visual_tokens_per_s", "{:.0f}"),
     ("text_tokens_per_s", "{:.0f}"),
     ("image_crops", "{:d}"),
+    ("video_clips", "{:d}"),
+    ("audio_clips", "{:d}"),
 ]
 CONSOLE_LABELS = {"tokens_per_s": "tok/s", "tokens_per_s_per_rank": "tok/s/gpu", "visual_tokens_per_s": "vis tok/s",
-                  "text_tokens_per_s": "text tok/s", "image_crops": "images"}
+                  "text_tokens_per_s": "text tok/s", "image_crops": "images", "video_clips": "videos",
+                  "audio_clips": "audio"}
 TIME_PHASES = [("data", "data"), ("forward", "fwd"), ("backward", "bwd"), ("grad_sync_wait", "sync"),
                ("optimizer", "opt"), ("other", "other")]
 EXIT_STATUS_FILE = "exit_status"

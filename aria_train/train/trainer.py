@@ -155,7 +155,9 @@ class Trainer:
         self.activity = "loss all_reduce"
         image_tokens = sum(int(b.get("num_image_tokens", 0)) for b in micro_batches)
         images = sum(len(b.get("grid") or ()) for b in micro_batches)
-        counts = torch.tensor([image_tokens, images], dtype=torch.float64, device=self.device)
+        videos = sum(len(b.get("video_grid") or ()) for b in micro_batches)
+        audio = sum(len(b.get("audio_grid") or ()) for b in micro_batches)
+        counts = torch.tensor([image_tokens, images, videos, audio], dtype=torch.float64, device=self.device)
         reduced = all_reduce_sum(torch.cat([torch.stack([sums.lm_sum, sums.balance, sums.z]), counts]), self.groups)
         lm_loss = reduced[0].item() / global_tokens
         balance, z = reduced[1].item(), reduced[2].item()
@@ -175,6 +177,10 @@ class Trainer:
         if self.cfg.multimodal:
             metrics["image_tokens"] = int(reduced[3].item())  # over the global batch
             metrics["image_crops"] = int(reduced[4].item())
+            if self.cfg.vision.patch == "tubelet":
+                metrics["video_clips"] = int(reduced[5].item())
+            if self.cfg.audio.enabled:
+                metrics["audio_clips"] = int(reduced[6].item())
         return metrics
 
     def forward_losses(self, batch: dict):

@@ -34,8 +34,9 @@ from aria_train.data.errors import DataError
 
 INDEX_SUFFIX = ".mmidx"
 INDEX_FORMAT = "aria-train-mm-index"
-INDEX_VERSION = 1  # bump when rendering, layout recognition or this file changes
+INDEX_VERSION = 2  # bump when rendering, layout recognition or this file changes (2: media kinds)
 GOOD, UNREADABLE, BAD = 0, 1, 2
+BLOCK_KINDS = ("image", "clip", "audio")  # img_kind codes: a media block's kind
 _EDGE = 1 << 16  # bytes hashed at each end of a unit for its fingerprint
 
 
@@ -92,12 +93,21 @@ class UnitIndex:
     text_tokens: np.ndarray  # int64 [n]
     img_ptr: np.ndarray  # int64 [n+1]: sample i's image blocks are [img_ptr[i], img_ptr[i+1])
     img_before: np.ndarray  # int64 [m]: text tokens before the block, in its sample
-    img_size: np.ndarray  # int64 [m, 2]: (width, height)
+    img_size: np.ndarray  # int64 [m, 2]: (width, height); audio: (samples, sample rate)
     loc_ptr: np.ndarray  # int64 [n+1]: sample i's byte ranges are [loc_ptr[i], loc_ptr[i+1])
     loc_name: list  # [r] tar member suffix ("" for a JSON record span)
     loc_start: np.ndarray  # int64 [r]
     loc_size: np.ndarray  # int64 [r]
     damage: str  # a damaged or unreadable unit ("" when whole)
+    img_kind: np.ndarray = None  # int64 [m]: BLOCK_KINDS code of each block (0 image, 1 clip, 2 audio)
+
+    def __post_init__(self):
+        if self.img_kind is None:
+            self.img_kind = np.zeros(len(self.img_before), dtype=np.int64)
+
+    def block_kinds(self, i: int) -> set:
+        """The kinds of sample i's media blocks (BLOCK_KINDS names)."""
+        return {BLOCK_KINDS[int(k)] for k in self.img_kind[int(self.img_ptr[i]) : int(self.img_ptr[i + 1])]}
 
     def __len__(self) -> int:
         return len(self.status)
@@ -115,7 +125,7 @@ class UnitIndex:
         if last is not None and last[0] is image_cfg:  # the planner asks for one config, per sample
             return last[1]
         cache = self.__dict__.setdefault("_layouts", {})
-        sig = (image_cfg.mode, image_cfg.crop_size, image_cfg.queries, image_cfg.tile_size)
+        sig = (image_cfg.mode, image_cfg.crop_size, image_cfg.queries, image_cfg.tile_size, image_cfg.media.audio_queries)
         if sig not in cache:
             cache[sig] = SampleLayout.of(self, image_cfg)
         self._last_layout = (image_cfg, cache[sig])
@@ -130,10 +140,13 @@ class SampleLayout:
     @classmethod
     def of(cls, index: UnitIndex, image_cfg) -> "SampleLayout":
         if image_cfg.mode == "ultra-high":
-            crops = np.asarray([image_cfg.num_crops(int(w), int(h)) for w, h in index.img_size], dtype=np.int64)
+            crops = np.asarray([image_cfg.num_crops(int(w), int(h)) if k == 0 else 1
+                                for (w, h), k in zip(index.img_size, index.img_kind)], dtype=np.int64)
         else:
             crops = np.ones(len(index.img_size), dtype=np.int64)
-        block_len = 2 + crops * int(image_cfg.queries)
+        queries = np.where(index.img_kind == BLOCK_KINDS.index("audio"), max(image_cfg.media.audio_queries, 1),
+                           int(image_cfg.queries))
+        block_len = 2 + crops * queries
         total = np.concatenate([[0], np.cumsum(block_len)])
         per_sample = total[index.img_ptr[1:]] - total[index.img_ptr[:-1]]
         return cls(block_len, (index.text_tokens + per_sample).astype(np.int64).tolist())
@@ -189,4 +202,4 @@ def _from_columns(unit: str, c: dict) -> UnitIndex:
     return UnitIndex(unit, c["keys"], list(c["status"]), c["reasons"], c["formats"],
                      {int(k): v for k, v in c["pixel_errors"].items()}, ints("text_tokens"), ints("img_ptr"),
                      ints("img_before"), ints("img_size", (-1, 2)), ints("loc_ptr"), c["loc_name"],
-                     ints("loc_start"), ints("loc_size"), c["damage"])
+                     ints("loc_start"), ints("loc_size"), c["damage"], ints("img_kind"))

@@ -18,6 +18,7 @@ from aria_train.data.errors import DataError
 from aria_train.data.multimodal.errors import BadSample, one_line
 from aria_train.data.multimodal.index import (
     BAD,
+    BLOCK_KINDS,
     GOOD,
     INDEX_VERSION,
     UNREADABLE,
@@ -37,7 +38,7 @@ LOG = logging.getLogger("aria_train.data.multimodal")
 class _Columns:
     def __init__(self, keyed: bool):
         self.c = {"keys": [] if keyed else None, "status": [], "reasons": [], "formats": [], "pixel_errors": {},
-                  "text_tokens": [], "img_ptr": [0], "img_before": [], "img_size": [], "loc_ptr": [0],
+                  "text_tokens": [], "img_ptr": [0], "img_before": [], "img_size": [], "img_kind": [], "loc_ptr": [0],
                   "loc_name": [], "loc_start": [], "loc_size": [], "damage": ""}
 
     def add(self, key: str, locations: list, status: int, reason: str = "", fmt: str = "", rendered=None,
@@ -55,6 +56,7 @@ class _Columns:
             for img in rendered.images:
                 c["img_before"].append(img.start - blocks)
                 c["img_size"].extend([int(img.size[0]), int(img.size[1])])
+                c["img_kind"].append(BLOCK_KINDS.index(img.kind))
                 blocks += img.end - img.start
             text = len(rendered.tokens) - blocks - eod
         c["text_tokens"].append(text)
@@ -66,12 +68,18 @@ class _Columns:
         c["loc_ptr"].append(len(c["loc_name"]))
 
 
-def _pixel_error(rendered) -> str:
-    """The first image of a planned sample whose pixels do not decode ("" when all do)."""
+def _pixel_error(rendered, renderer) -> str:
+    """The first image of a planned sample whose pixels do not decode ("" when all do); clips and
+    audio clips are decoded in full (media_blocks.py)."""
     from PIL import Image
 
     done = set()
     for img in rendered.images:
+        if img.kind != "image":
+            error = _media_error(img)
+            if error:
+                return error
+            continue
         if img.index in done:
             continue
         done.add(img.index)
@@ -99,7 +107,22 @@ def _index_one(cols: _Columns, renderer, key: str, locations: list, load: Callab
         cols.add(key, locations, BAD, str(err), raw.fmt)
         return
     eod = 1 if renderer.add_eod else 0
-    cols.add(key, locations, GOOD, "", raw.fmt, rendered, eod, _pixel_error(rendered))
+    cols.add(key, locations, GOOD, "", raw.fmt, rendered, eod, _pixel_error(rendered, renderer))
+
+
+def _media_error(item) -> str:
+    """A clip's frames or an audio clip's samples that do not decode ("" when they do)."""
+    from aria_train.data.multimodal.media import decode_audio
+    from aria_train.data.multimodal.media_blocks import decode_frames
+
+    try:
+        if item.kind == "audio":
+            decode_audio(item.data, item.name, f"audio {item.index}", int(item.size[1]))
+        else:
+            decode_frames(item, f"clip {item.index}")
+    except BadSample as err:
+        return str(err)
+    return ""
 
 
 def _tar_columns(unit: str, renderer) -> dict:

@@ -15,6 +15,7 @@ Layouts (format names as in `data.mm_formats`), each with the ARIA kind it becom
     caption   KEY.jpg|jpeg|png|webp + KEY.txt, or a "caption"/"text" field in KEY.json
               (img2dataset / LAION / CC shards; JSON records {"image": path, "caption": ...})
                                                                     -> caption
+              KEY.wav|flac + KEY.txt (WebDataset audio shards)      -> audio (IMP's option)
     llava     {"image": path | [paths], "conversations": [{"from": "human", "value":
               "<image>\\n..."}, {"from": "gpt", "value": "..."}]}     -> chat; each `<image>`
               becomes an image block at its place (none in the text: the images open the first
@@ -41,6 +42,7 @@ from aria_train.data.config import MM_FORMATS as FORMATS  # noqa: F401  (the nam
 from aria_train.data.multimodal.errors import BadSample
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm"})
+AUDIO_EXTENSIONS = frozenset({"wav", "flac"})  # IMP's audio inputs (media.py)
 LLAVA_PLACEHOLDER = "<image>"
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _WDS_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -93,7 +95,7 @@ class Converted:
 def sample_from_members(shard: str, key: str, members: list) -> RawSample:
     """A shard's key group [(suffix, bytes, member name)] -> RawSample; ReadError when nothing
     usable can be made of it, BadSample when its layout is broken."""
-    meta, text, images = None, None, []
+    meta, text, images, arrays = None, None, [], []
     for suffix, data, name in members:
         sub, ext = member_type(suffix)
         if ext == "json":
@@ -107,10 +109,14 @@ def sample_from_members(shard: str, key: str, members: list) -> RawSample:
             if text is not None:  # webdataset merges keys that agree up to their first "."
                 raise BadSample(f"two txt members ({name}): keys that agree up to their first '.' are one sample")
             text = data.decode("utf-8", errors="replace")
-        elif ext in IMAGE_EXTENSIONS or (sub.isdigit() and ext.isalnum()):  # KEY.<i>.<any ext>: ARIA's
-            images.append((sub, data, name))
+        elif ext in IMAGE_EXTENSIONS or ext in AUDIO_EXTENSIONS or (sub.isdigit() and ext.isalnum()):
+            images.append((sub, data, name))  # KEY.<i>.<any ext>: ARIA's media i; KEY.wav / KEY.flac: audio
+        elif ext == "npy" and not sub:
+            arrays.append((sub, data, name))  # KEY.npy: media of a clip / audio sample only (below)
     if meta is None and text is None:
         raise ReadError("no JSON member")
+    if arrays and not images and isinstance(meta, dict) and meta.get("kind") in ("clip", "audio"):
+        images = arrays
     numbered = bool(images) and all(sub.isdigit() for sub, _, _ in images)
     if numbered:  # KEY.<i>.<ext>: image i (webdataset writes "10.jpg" before "2.jpg")
         images.sort(key=lambda item: int(item[0]))
@@ -119,6 +125,9 @@ def sample_from_members(shard: str, key: str, members: list) -> RawSample:
             if a == b:
                 raise ReadError(f"image {a} stored twice")
     converted = convert(meta, text, len(images))
+    if converted.fmt == "caption" and len(images) == 1 and member_type(images[0][2])[1].lower() in AUDIO_EXTENSIONS:
+        # WebDataset audio shards (KEY.flac + KEY.txt / KEY.json caption): an audio caption
+        converted.meta = {"kind": "audio", "audio": 0, "caption": converted.meta["caption"]}
     if converted.fmt == "aria" and numbered:
         indices = [int(sub) for sub, _, _ in images]  # ARIA's JSON names images by these indices
     else:

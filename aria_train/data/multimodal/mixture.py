@@ -73,7 +73,10 @@ class PackedSequence:
     placed: list = field(default_factory=list)  # PlacedSample of the multimodal samples, in order
     crops: Optional[list] = None  # materialized: [3, H, W] crops in token order
     grid: Optional[list] = None
-    queries: Optional[list] = None  # per crop
+    queries: Optional[list] = None  # per media item (crop, clip, audio clip), in token order
+    videos: list = field(default_factory=list)  # materialized clips: (tubelets [n, 3*f*p*p], (t, h, w))
+    audio: list = field(default_factory=list)  # materialized audio clips: (patches [n, dim], (h, w))
+    media_order: list = field(default_factory=list)  # "image" | "video" | "audio" per item, in token order
 
     @property
     def images(self) -> list:
@@ -215,6 +218,11 @@ class MultimodalMixture:
             for img in p.sample.images:
                 if img.end > p.length:
                     continue  # dropped by truncation
+                if img.kind != "image":  # a clip or an audio clip (IMP's options): one item
+                    (seq.videos if img.kind == "clip" else seq.audio).append(self._load_media(seq, p, img))
+                    queries.append(img.queries)
+                    seq.media_order.append("video" if img.kind == "clip" else "audio")
+                    continue
                 try:
                     out = self.renderer.load_crops(img)
                 except BadSample as err:
@@ -224,7 +232,18 @@ class MultimodalMixture:
                 crops.extend(out.crops)
                 grid.extend(out.grid)
                 queries.extend([out.queries] * out.num_crops)
+                seq.media_order.extend(["image"] * out.num_crops)
         seq.crops, seq.grid, seq.queries = crops, grid, queries
+
+    def _load_media(self, seq: PackedSequence, placed: PlacedSample, item) -> tuple:
+        """A clip's tubelets or an audio clip's patches; silence / black frames without loss when
+        its samples do not decode (counted as bad, like an image)."""
+        try:
+            return self.renderer.load_media(item)
+        except BadSample as err:
+            self.bad.report(placed.sample.shard, placed.sample.key, str(err))  # raises in error mode
+            seq.target[placed.offset : placed.offset + placed.length] = False
+            return self.renderer.load_media(item, blank=True)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:

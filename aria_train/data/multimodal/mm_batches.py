@@ -22,7 +22,9 @@ class MultimodalMicroBatchIterator:
     tokens/labels/position_ids [B, S] int64, loss_mask [B, S] float32, is_visual [B, S] bool
     (the `<|img|>` positions), patches [T, 3*p*p] float32 (None without images: crops of the
     micro-batch in the order of their image tokens, row-major over the batch), grid [(h, w)] per
-    crop, num_image_tokens int (= sum of the crops' queries)."""
+    crop, num_image_tokens int (= sum of the crops' queries). With clips or audio clips (IMP's
+    options) also video_patches, video_grid, audio_patches, audio_grid and media_order
+    (aria_train.nn.media)."""
 
     def __init__(self, mixture: MultimodalMixture, global_batch_size: int, micro_batch_size: int,
                  dp_rank: int, dp_size: int, consumed_samples: int = 0):
@@ -94,7 +96,7 @@ class MultimodalMicroBatchIterator:
         if crops:
             patches, grid = pack_images(crops, renderer.image_cfg.patch_size)
             patches = patches.float().contiguous()
-        return {
+        batch = {
             "tokens": tokens,
             "labels": buf[:, 1:].contiguous(),
             "loss_mask": target[:, 1:].float().contiguous(),
@@ -104,3 +106,11 @@ class MultimodalMicroBatchIterator:
             "is_visual": is_visual,
             "num_image_tokens": num_image_tokens,
         }
+        order = [kind for s in seqs for kind in s.media_order]
+        if any(kind != "image" for kind in order):  # IMP's clips / audio: aria_train.nn.media's layout
+            videos = [v for s in seqs for v in s.videos]
+            audio = [a for s in seqs for a in s.audio]
+            batch.update(media_order=order, video_grid=[g for _, g in videos], audio_grid=[g for _, g in audio],
+                         video_patches=torch.cat([t for t, _ in videos]).float() if videos else None,
+                         audio_patches=torch.cat([a for a, _ in audio]).float() if audio else None)
+        return batch

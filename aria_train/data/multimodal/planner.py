@@ -104,12 +104,25 @@ class Planner:
         if self.formats is not None and idx.formats[r] not in self.formats:
             self._reject(k, path, key, f"layout {idx.formats[r]} is not in data.mm_formats [{', '.join(self.formats)}]")
             return None
+        unsupported = self._unsupported_media(idx.block_kinds(r))
+        if unsupported:
+            self._reject(k, path, key, unsupported)
+            return None
         if r in idx.pixel_errors:  # still packed: its owner trains on a black stand-in without loss
             self.guard.bad(src.name, f"{path}:{key}", idx.pixel_errors[r])
         else:
             self.guard.good(src.name)
         length = idx.sample_layout(self.image_cfg).lengths[r] + self.eod
         return PlanDoc(k, entry.cursor, length, False, entry.unit, r, path, key)
+
+    def _unsupported_media(self, kinds: set) -> str:
+        """Why a sample's media blocks cannot train in this run ("" when they can)."""
+        media = self.image_cfg.media
+        if "clip" in kinds and not media.tubelet_frames:
+            return "clip: video clips need vision.patch=tubelet"
+        if "audio" in kinds and media.audio is None:
+            return "audio: audio inputs are off (audio.input=none)"
+        return ""
 
     def _read(self, k: int) -> Optional[PlanDoc]:
         src = self.sources[k]
@@ -218,7 +231,8 @@ class Planner:
             src.load_state_dict(pending["cursor"])  # the entry at the cursor (read from its index)
             entry = src.entry_at(pending["cursor"])
             idx, r = src.index(entry.unit), entry.record
-            fmt_ok = self.formats is None or idx.formats[r] in self.formats
+            fmt_ok = (self.formats is None or idx.formats[r] in self.formats) and not self._unsupported_media(
+                idx.block_kinds(r))
             if idx.status[r] != GOOD or not fmt_ok:  # the data changed since the checkpoint
                 reason = idx.reasons[r] or f"layout {idx.formats[r]} is not in data.mm_formats"
                 self._reject(k, src.paths[entry.unit], idx.key(r), f"{reason} (pending at the checkpoint)")

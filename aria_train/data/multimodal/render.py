@@ -12,6 +12,10 @@ boundaries):
                  (or question+"\\n" answer EOD)
     chat         ARIA's chat template (aria_train.data.chat) EOD  loss: assistant turns with their
                                                                <|im_end|>, EOD
+    clip, audio  MEDIA [prompt] caption EOD                    loss: caption (or answer), EOD
+                 (or MEDIA question+"\n" answer EOD)
+                 MEDIA = `<fim_prefix>` + `<|img|>` x queries + `<fim_suffix>`: a clip's queries
+                 are a crop's (its frames' grid), an audio clip's audio.queries (media_blocks.py)
 
 `target[j]` says whether token j is predicted with loss (from token j-1); image markers, image
 tokens, prompts, questions and timestamps never are. In a packed sequence labels[i] =
@@ -39,11 +43,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import torch
 
 from aria_train.data.chat import conversation_pieces
 from aria_train.data.errors import DataError
 from aria_train.data.image_tokens import MIN_SIZE, PATCH_SIZE, SPLIT_RATIOS, ImageCrops, process_image, select_split
 from aria_train.data.multimodal.errors import BadSample, one_line
+from aria_train.data.multimodal.media import MediaSettings
+from aria_train.data.multimodal.media_blocks import load_media, plan_media
 from aria_train.data.multimodal.schema import timestamp, validate_sample
 from aria_train.data.multimodal.layouts import RawSample
 from aria_train.data.tokenizer import SPECIAL_TOKENS
@@ -72,6 +79,7 @@ class ImageConfig:
     min_size: Optional[int] = None
     patch_size: int = PATCH_SIZE
     split_ratios: tuple = SPLIT_RATIOS
+    media: MediaSettings = field(default_factory=MediaSettings)  # clips and audio (IMP), off by default
 
     def __post_init__(self):
         self.size_to_queries = {int(k): int(v) for k, v in self.size_to_queries.items()}
@@ -114,6 +122,11 @@ class ImageConfig:
         rows, cols = select_split(width, height, self.tile_size, self.split_ratios)
         return 1 if rows * cols == 1 else 1 + rows * cols
 
+    def frame_crop(self, frame) -> torch.Tensor:
+        """One video frame -> its single crop [3, H, W] at the mode's crop size (never split)."""
+        return process_image(frame, "ultra-high", tile_size=self.crop_size, min_size=self.effective_min_size,
+                             patch_size=self.patch_size, size_to_queries=self.size_to_queries, ratios=((1, 1),)).crops[0]
+
     def crops(self, image) -> ImageCrops:
         """A PIL image (or [3, H, W] tensor) -> its crops, as image_tokens.process_image does for
         ARIA's sizes (the single-crop modes run as a one-tile grid of the mode's size)."""
@@ -124,13 +137,18 @@ class ImageConfig:
 
 @dataclass
 class PlannedImage:
+    """One media block of a sample: an image, or with IMP's options a clip or an audio clip."""
+
     start: int  # index of its <fim_prefix> in the sample's tokens
     end: int  # one past its <fim_suffix>
-    index: int  # image index in the sample
-    data: Optional[bytes]  # encoded image (None once released)
-    size: tuple  # (width, height) from the header
+    index: int  # media index in the sample (a clip of frames: its first frame)
+    data: Optional[bytes]  # encoded image / audio / .npy video (None for a clip of frame images)
+    size: tuple  # (width, height) from the header; audio: (samples, sample rate)
     num_crops: int
     queries: int
+    kind: str = "image"  # image | clip | audio
+    name: str = ""  # member name or path (its extension says the format)
+    frames: tuple = ()  # a clip of frame images: their encoded bytes, in order
 
 
 @dataclass
@@ -209,14 +227,19 @@ class SampleRenderer:
             tokens.extend(ids)
             target.extend([loss] * len(ids))
 
-        def image(index: int) -> None:
+        def block(planned: PlannedImage) -> None:
+            size = planned.num_crops * planned.queries
+            planned.start, planned.end = len(tokens), len(tokens) + size + 2
+            images.append(planned)
+            tokens.extend([self.prefix] + [self.img] * size + [self.suffix])
+            target.extend([False] * (size + 2))
+
+        def image(index) -> None:
+            if kind in ("clip", "audio"):
+                return block(plan_media(kind, sample, meta, cfg))
             width, height = self._image_header(sample, index)
-            crops = cfg.num_crops(width, height)
-            block = [self.prefix] + [self.img] * (crops * cfg.queries) + [self.suffix]
-            images.append(PlannedImage(len(tokens), len(tokens) + len(block), index, sample.images[index],
-                                       (width, height), crops, cfg.queries))
-            tokens.extend(block)
-            target.extend([False] * len(block))
+            block(PlannedImage(0, 0, index, sample.images[index], (width, height), cfg.num_crops(width, height),
+                               cfg.queries))
 
         self._layout(kind, meta, text, image, tokens, target)
         if self.add_eod:
@@ -235,7 +258,12 @@ class SampleRenderer:
                 text(meta["question"] + "\n", False)
                 text(meta["answer"], True)
 
-        if kind == "caption":
+        if kind in ("clip", "audio"):  # one media block, then the text (media.py, plan_media)
+            image(None)
+            if meta.get("prompt"):
+                text(meta["prompt"], False)
+            answer_part()
+        elif kind == "caption":
             image(meta["image"])
             if meta.get("prompt"):
                 text(meta["prompt"], False)
@@ -285,6 +313,11 @@ class SampleRenderer:
             raise DataError(f"image {image.index}: {crops.num_crops} crops x {crops.queries} queries, planned "
                             f"{image.num_crops} x {image.queries}")
         return crops
+
+    def load_media(self, item: PlannedImage, blank: bool = False) -> tuple:
+        """A clip -> (tubelets [t*h*w, 3*f*p*p], (t, h, w)); an audio clip -> (patches [n, dim],
+        (h, w)). blank: black frames / silence of the planned size (a stand-in)."""
+        return load_media(item, self.image_cfg, blank)
 
     def blank_crops(self, image: PlannedImage) -> ImageCrops:
         """Black stand-in (all -1 after normalisation) with the planned crops, for an image whose

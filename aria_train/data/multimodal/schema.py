@@ -1,7 +1,8 @@
 """JSON schemas of ARIA's multimodal sample kinds.
 
-A sample is a JSON object (the `KEY.json` member of a shard) plus its images (`KEY.0.png`,
-`KEY.1.jpg`, ... : member `KEY.<i>.<ext>` is image i). Images are referred to by index.
+A sample is a JSON object (the `KEY.json` member of a shard) plus its media (`KEY.0.png`,
+`KEY.1.jpg`, `KEY.2.wav`, ... : member `KEY.<i>.<ext>` is media item i; images, and with IMP's
+options audio and video arrays). Media are referred to by index.
 
     caption      {"kind": "caption", "image": 0, "caption": "two red circles on the left",
                   "prompt": "optional text between the image and the caption (no loss)"}
@@ -15,6 +16,12 @@ A sample is a JSON object (the `KEY.json` member of a shard) plus its images (`K
     chat         {"kind": "chat", "messages": [{"role": "user", "content": [{"type": "image", "image": 0},
                   {"type": "text", "text": "What is shown?"}]}, {"role": "assistant", "content": "..."}]}
                  (post-training; ARIA's chat template, loss on the assistant turns: aria_train.data.chat)
+    clip         {"kind": "clip", "frames": [0, 1, 2, 3], "caption": "..."}   (IMP's video tubelets:
+                  one media block for the whole video; or "video": 0 naming a .npy member
+                  [frames, H, W, 3]; "question" + "answer" instead of "caption")
+    audio        {"kind": "audio", "audio": 0, "caption": "...", "prompt": "optional"}  (member 0 a
+                  .wav / .flac / .npy clip; "question" + "answer" instead of "caption";
+                  "sample_rate" for a .npy waveform, default audio.sample_rate)
 
 Unknown fields are ignored (kept for provenance). validate_sample() raises BadSample with a
 one-line reason; the renderer (render.py) defines the token layout and the loss mask.
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 from aria_train.data.multimodal.errors import BadSample
 
-KINDS = ("caption", "ocr_qa", "doc_qa", "interleaved", "video", "chat")
+KINDS = ("caption", "ocr_qa", "doc_qa", "interleaved", "video", "chat", "clip", "audio")
 
 
 def _text(meta: dict, name: str, required: bool = True) -> None:
@@ -36,11 +43,11 @@ def _text(meta: dict, name: str, required: bool = True) -> None:
         raise BadSample(f"schema: {name!r} is not a string")
 
 
-def _image_index(value, images, where: str) -> None:
+def _image_index(value, images, where: str, what: str = "image") -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise BadSample(f"schema: {where} image index {value!r} is not an integer")
+        raise BadSample(f"schema: {where} {what} index {value!r} is not an integer")
     if value not in images:
-        raise BadSample(f"schema: {where} image {value} is missing (the sample has images {sorted(images)})")
+        raise BadSample(f"schema: {where} {what} {value} is missing (the sample has media {sorted(images)})")
 
 
 def validate_sample(meta, images) -> str:
@@ -89,9 +96,42 @@ def validate_sample(meta, images) -> str:
             for part in content if isinstance(content, list) else []:
                 if isinstance(part, dict) and part.get("type") == "image":
                     _image_index(part.get("image"), images, f"message {i}")
-    else:
+    elif kind == "video":
         _validate_video(meta, images)
+    else:
+        _validate_media(kind, meta, images)
     return kind
+
+
+def _answer(meta: dict) -> None:
+    if "caption" in meta:
+        _text(meta, "caption")
+    else:
+        _text(meta, "question")
+        _text(meta, "answer")
+
+
+def _validate_media(kind: str, meta: dict, images) -> None:
+    """clip (a video as one block of tubelets) and audio."""
+    if kind == "audio":
+        if "audio" not in meta:
+            raise BadSample("schema: audio sample has no 'audio'")
+        _image_index(meta["audio"], images, "audio", "media")
+        _text(meta, "prompt", required=False)
+        rate = meta.get("sample_rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
+            raise BadSample(f"schema: sample_rate {rate!r} is not a positive integer")
+    elif ("frames" in meta) == ("video" in meta):
+        raise BadSample("schema: clip sample needs exactly one of 'frames' (image list) / 'video' (.npy member)")
+    elif "video" in meta:
+        _image_index(meta["video"], images, "clip video", "media")
+    else:
+        frames = meta["frames"]
+        if not isinstance(frames, list) or not frames:
+            raise BadSample("schema: clip 'frames' is not a non-empty list of image indices")
+        for i, frame in enumerate(frames):
+            _image_index(frame, images, f"clip frame {i}")
+    _answer(meta)
 
 
 def _validate_video(meta: dict, images) -> None:

@@ -37,6 +37,11 @@ _COLS = {"left": (0.14, 0.36), "right": (0.64, 0.86)}
 _ROWS = (0.18, 0.5, 0.82)
 _RADIUS = 0.09
 KIND_WEIGHTS = {"caption": 0.7, "ocr_qa": 0.15, "interleaved": 0.1, "video": 0.05}
+# data.synthetic_kind "imp": IMP's media (vision.patch=tubelet and audio.input on): pictures,
+# video clips of a moving shape (8 frames) and beeps whose pitches the caption names
+IMP_WEIGHTS = {"caption": 0.4, "clip": 0.3, "audio": 0.3}
+BEEPS = {"low": 330.0, "high": 1320.0}  # Hz
+SAMPLE_RATE = 16_000
 
 
 @dataclass
@@ -133,14 +138,47 @@ def _question(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
     return f"Where {'is the' if g.count == 1 else 'are the'} {g.color} {_plural(g.shape, g.count)}?", f"on the {g.side}"
 
 
+def _beeps(rng: np.random.Generator) -> tuple[bytes, str]:
+    """1-3 beeps of 0.25 s (high or low), 0.1 s apart: 16-bit mono WAV bytes and the caption."""
+    import io
+    import wave
+
+    pitches = [list(BEEPS)[int(rng.integers(2))] for _ in range(int(rng.integers(1, 4)))]
+    t = np.arange(int(0.25 * SAMPLE_RATE)) / SAMPLE_RATE
+    gap = np.zeros(int(0.1 * SAMPLE_RATE))
+    parts = []
+    for pitch in pitches:
+        parts += [0.5 * np.sin(2 * np.pi * BEEPS[pitch] * t), gap]
+    pcm = (np.concatenate(parts) * 32767).astype("<i2").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm)
+    words = {1: "one beep", 2: "two beeps", 3: "three beeps"}[len(pitches)]
+    return buf.getvalue(), f"{words}: {', '.join(pitches)}"
+
+
+def _media_sample(rng: np.random.Generator, kind: str, size: int) -> tuple[dict, list, list]:
+    if kind == "clip":
+        frames, caption = _video(rng, size, frames=8)
+        return {"kind": "clip", "frames": list(range(8)), "caption": caption}, frames, []
+    data, caption = _beeps(rng)
+    return {"kind": "audio", "audio": 0, "caption": caption}, [("wav", data)], []
+
+
 def synthetic_sample(seed: int, index: int, size: int = 70, kind: Optional[str] = None) -> tuple[dict, list, list]:
     """(JSON, images [PIL or (ext, bytes)], scenes) of synthetic sample `index`; kind None =
-    drawn from KIND_WEIGHTS."""
+    drawn from KIND_WEIGHTS, "imp" = drawn from IMP_WEIGHTS."""
     rng = np.random.default_rng([int(seed), int(index)])
-    if kind is None:
-        kinds = list(KIND_WEIGHTS)
-        p = np.asarray([KIND_WEIGHTS[k] for k in kinds])
+    if kind is None or kind == "imp":
+        weights = IMP_WEIGHTS if kind == "imp" else KIND_WEIGHTS
+        kinds = list(weights)
+        p = np.asarray([weights[k] for k in kinds])
         kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+    if kind in ("clip", "audio"):
+        return _media_sample(rng, kind, size)
     if kind == "caption":
         scene = make_scene(rng, size)
         return {"kind": "caption", "image": 0, "caption": scene.caption()}, [draw_scene(scene)], [scene]
@@ -168,7 +206,7 @@ def synthetic_sample(seed: int, index: int, size: int = 70, kind: Optional[str] 
             {"role": "assistant", "content": answer.capitalize() + "."},
         ]
         return {"kind": "chat", "messages": messages}, [draw_scene(scene)], [scene]
-    raise DataError(f"synthetic kind {kind!r}: expected one of {', '.join(KIND_WEIGHTS)}, chat")
+    raise DataError(f"synthetic kind {kind!r}: expected one of {', '.join(KIND_WEIGHTS)}, chat, clip, audio, imp")
 
 
 def _jpeg(img) -> bytes:

@@ -47,6 +47,22 @@ class MediaSettings:
     audio_queries: int = 0  # decoder tokens per clip
 
 
+@dataclass
+class PlannedImage:
+    """One media block of a sample: an image, or with IMP's options a clip or an audio clip."""
+
+    start: int  # index of its <fim_prefix> in the sample's tokens
+    end: int  # one past its <fim_suffix>
+    index: int  # media index in the sample (a clip of frames: its first frame)
+    data: Optional[bytes]  # encoded image / audio / .npy video (None for a clip of frame images)
+    size: tuple  # (width, height) from the header; audio: (samples, sample rate)
+    num_crops: int
+    queries: int
+    kind: str = "image"  # image | clip | audio
+    name: str = ""  # member name or path (its extension says the format)
+    frames: tuple = ()  # a clip of frame images: their encoded bytes, in order
+
+
 def extension(name: str) -> str:
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 

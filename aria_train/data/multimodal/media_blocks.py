@@ -13,8 +13,8 @@ import io
 
 
 from aria_train.data.multimodal.errors import BadSample, one_line
-from aria_train.data.multimodal.media import (audio_features, audio_header, clip_tensor, decode_video_array,
-                                              extension, video_shape)
+from aria_train.data.multimodal.media import (PlannedImage, audio_features, audio_header, clip_tensor,
+                                              decode_video_array, extension, video_shape)
 from aria_train.nn.audio_features import AudioFeatureSpec
 from aria_train.nn.image_patches import patchify_video
 
@@ -35,8 +35,6 @@ def _frame_size(data: bytes, what: str) -> tuple[int, int]:
 
 def plan_media(kind: str, sample, meta: dict, cfg):
     """The PlannedImage of a clip's or an audio sample's block (start/end set by the caller)."""
-    from aria_train.data.multimodal.render import PlannedImage
-
     if kind == "audio":
         index = meta["audio"]
         name = sample.image_names.get(index, "")

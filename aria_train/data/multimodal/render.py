@@ -49,7 +49,7 @@ from aria_train.data.chat import conversation_pieces
 from aria_train.data.errors import DataError
 from aria_train.data.image_tokens import MIN_SIZE, PATCH_SIZE, SPLIT_RATIOS, ImageCrops, process_image, select_split
 from aria_train.data.multimodal.errors import BadSample, one_line
-from aria_train.data.multimodal.media import MediaSettings
+from aria_train.data.multimodal.media import MediaSettings, PlannedImage  # noqa: F401 (PlannedImage re-exported)
 from aria_train.data.multimodal.media_blocks import load_media, plan_media
 from aria_train.data.multimodal.schema import timestamp, validate_sample
 from aria_train.data.multimodal.layouts import RawSample
@@ -133,22 +133,6 @@ class ImageConfig:
         ratios = self.split_ratios if self.mode == "ultra-high" else ((1, 1),)
         return process_image(image, "ultra-high", tile_size=self.crop_size, min_size=self.effective_min_size,
                              patch_size=self.patch_size, size_to_queries=self.size_to_queries, ratios=ratios)
-
-
-@dataclass
-class PlannedImage:
-    """One media block of a sample: an image, or with IMP's options a clip or an audio clip."""
-
-    start: int  # index of its <fim_prefix> in the sample's tokens
-    end: int  # one past its <fim_suffix>
-    index: int  # media index in the sample (a clip of frames: its first frame)
-    data: Optional[bytes]  # encoded image / audio / .npy video (None for a clip of frame images)
-    size: tuple  # (width, height) from the header; audio: (samples, sample rate)
-    num_crops: int
-    queries: int
-    kind: str = "image"  # image | clip | audio
-    name: str = ""  # member name or path (its extension says the format)
-    frames: tuple = ()  # a clip of frame images: their encoded bytes, in order
 
 
 @dataclass

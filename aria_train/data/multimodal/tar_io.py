@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional
 
 from aria_train.data.multimodal.errors import BadSample, BadSamples
 from aria_train.data.multimodal.layouts import (
+    AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
     RawSample,
     ReadError,
@@ -77,7 +78,8 @@ def tar_groups(tar: tarfile.TarFile, on_damage: Callable[[str], None]) -> Iterat
 def wanted(suffix: str) -> bool:
     """Members a sample is made of (layouts.sample_from_members); others are never read."""
     sub, ext = member_type(suffix)
-    return ext in ("json", "txt") or ext in IMAGE_EXTENSIONS or (sub.isdigit() and ext.isalnum())
+    return (ext in ("json", "txt") or ext in IMAGE_EXTENSIONS or ext in AUDIO_EXTENSIONS or ext == "npy"
+            or (sub.isdigit() and ext.isalnum()))
 
 
 def group_sample(tar: tarfile.TarFile, path: str, key: str, group: list) -> RawSample:

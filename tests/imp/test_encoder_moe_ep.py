@@ -21,3 +21,9 @@ import imp_workers  # noqa: E402
 ])
 def test_encoder_moe_under_expert_parallelism_equals_one_rank(world, cases):
     imp_workers.run_world(imp_workers.encoder_ep_worker, world, cases)
+
+
+def test_a_text_only_rank_runs_the_encoder_for_its_peers():
+    """The multimodal model at EP 2: rank 1's micro-batch has no images, its tower still joins
+    every all-to-all (forward and backward); losses and gradients equal one process."""
+    imp_workers.run_world(imp_workers.multimodal_empty_rank_worker, 2)

@@ -29,6 +29,8 @@ setup(
         # needs orjson; spacy provides the offline (blank, rule-based) English word tokenizer that
         # datatrove uses for shingles and the Gopher/C4/FineWeb filters: no model download.
         "curate": ["datatrove==0.10.1", "xxhash<4", "orjson", "spacy>=3.8", "faiss-cpu", "scipy"],
+        # FLAC audio members (IMP's audio inputs); WAV and .npy need nothing beyond numpy.
+        "audio": ["soundfile"],
         # Optional GPU accelerators; the plain-torch path never needs them.
         "gpu": ["transformer-engine", "apex", "grouped_gemm"],
     },

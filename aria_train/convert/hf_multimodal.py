@@ -196,6 +196,9 @@ def save_hf_checkpoint(model: AriaForConditionalGeneration, directory, **text_ov
     for experts in model.expert_modules():
         if experts.num_local_experts != experts.num_experts:
             raise ValueError("model holds an expert-parallel shard of the experts; gather them before saving")
+    options = imp_options_on(model)
+    if options:
+        raise ValueError(f"transformers' Aria has no {', '.join(options)}: only models with IMP's options off export")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sd = aria_to_hf_state_dict(model.state_dict(), model.cfg.num_layers, on_disk=True)
@@ -205,6 +208,21 @@ def save_hf_checkpoint(model: AriaForConditionalGeneration, directory, **text_ov
     config.dtype = str(next(iter(sd.values())).dtype).removeprefix("torch.")
     config.to_json_file(str(directory / "config.json"))
     save_file(sd, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def imp_options_on(model: AriaForConditionalGeneration) -> list[str]:
+    """The IMP options (off by default) a model uses; transformers' Aria has none of them."""
+    text, vision, audio = model.cfg, model.vision_cfg, model.audio_cfg
+    found = [name for name, on in (
+        ("model.qk_norm", text.qk_norm != "none"),
+        ("model.moe.layer_freq / first_k_dense", len(text.moe_layers) != text.num_layers),
+        ("vision.qk_norm", vision.qk_norm != "none"),
+        ("vision.moe", vision.moe.enabled),
+        ("vision.patch=tubelet", vision.patch != "2d"),
+        ("vision.position_embedding=factorized", vision.position_embedding != "bucketed"),
+        ("audio", audio is not None and audio.enabled),
+    ) if on]
+    return found
 
 
 # --------------------------------------------------------------------------------------------

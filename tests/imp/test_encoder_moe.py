@@ -167,3 +167,12 @@ def test_dry_run_counts_the_last_half_against_a_hand_count():
     assert f"routed experts             {2 * experts:,} (4 experts, expert choice, c=1, in encoder layers 2, 3 of 4" in out
     assert f"active per token           {total - 2 * experts + 2 * experts // 4:,}" in out
     assert f"per rank (ep-size 2)      {total - experts:,} parameters" in out
+
+
+def test_hf_export_refuses_imp_options(tmp_path):
+    from aria_train.convert.hf_multimodal import save_hf_checkpoint
+
+    model, _ = _mm_model(**{"vision.qk_norm": "layernorm"})
+    with pytest.raises(ValueError, match="transformers' Aria has no vision.qk_norm, vision.moe: only models"):
+        save_hf_checkpoint(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

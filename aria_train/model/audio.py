@@ -117,12 +117,4 @@ class AudioEmbeddings(nn.Module):
         return self.position_embedding(ids[0])
 
 
-def max_tokens(cfg: AudioConfig) -> int:
-    """Encoder tokens of one clip at most."""
-    if cfg.input == "spectrogram":
-        h, w = cfg.grid_side
-        return h * w
-    return cfg.max_waveform_tokens if cfg.enabled else 0
-
-
-__all__ = ["AUDIO_INPUTS", "AudioConfig", "AudioEmbeddings", "max_tokens"]
+__all__ = ["AUDIO_INPUTS", "AudioConfig", "AudioEmbeddings"]

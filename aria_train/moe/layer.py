@@ -11,6 +11,7 @@ ExpertLayout) and swaps `dispatcher` for the all-to-all one; nothing here change
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ class MoEOutput:
     hidden: torch.Tensor  # [T, H]
     balance_loss: torch.Tensor  # scalar, coefficient applied
     z_loss: torch.Tensor  # scalar, coefficient applied
-    stats: RouterStats
+    stats: Optional[RouterStats]  # None from a decoder layer's dense MLP (aria_train.model.decoder)
 
 
 class MoELayer(nn.Module):

@@ -5,12 +5,15 @@ DP-split, resumable language + multimodal stream with its bad-data guard.
 
     layouts.py      webdataset's member grouping; the layouts and their mapping to ARIA's kinds
     schema.py       the JSON schemas of ARIA's kinds: caption, ocr_qa (doc_qa), interleaved, video, chat
+                    (and IMP's clip, audio)
     tar_io.py       reading tar shards: read_shard (sequential), MemberReader (by offset)
     json_records.py JSON / JSONL files of records with an image folder
     shards.py       ShardWriter (ARIA's own layout, + length index)
     index.py        the per-shard length index (UNIT.mmidx); index_build.py builds it
     sources.py      ShardSource (cursor: epoch, shard, sample), list_shards
     render.py       ImageConfig (resolution mode, crop sizes), SampleRenderer (tokens, targets, crops)
+    media.py        IMP's media members: audio (.wav, .flac, .npy) and video clips; MediaSettings
+    media_blocks.py planning and loading the blocks of clip and audio samples
     planner.py      draws and packing from lengths alone
     mixture.py      LanguageSource (language.py), MultimodalMixture (plan + read one rank's share)
     mm_batches.py   MultimodalMicroBatchIterator

@@ -113,6 +113,9 @@ def load_saved_run_config(path: Path) -> RunConfig:
     model_raw = raw.get("model", {})
     if isinstance(model_raw.get("activation_checkpointing"), bool):  # saved before the modes existed
         model_raw["activation_checkpointing"] = "full" if model_raw["activation_checkpointing"] else "none"
+    vision_raw = raw.get("vision", {})
+    if isinstance(vision_raw.get("activation_checkpointing"), bool):  # saved before the vision modes existed
+        vision_raw["activation_checkpointing"] = "layer" if vision_raw["activation_checkpointing"] else "none"
     while True:
         try:
             return from_dict(RunConfig, raw, "")

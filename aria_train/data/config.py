@@ -22,6 +22,10 @@ class DataConfig:
     mm_data_path: list[str] = field(default_factory=list)
     language_weight: float = 0.3  # share of draws that take a language document
     image_mode: Literal["medium", "high", "ultra-high"] = "medium"
+    # What the mixture weights (language_weight, mm_data_path) measure: samples (each draw picks
+    # a source by weight) or tokens (each draw goes to the source furthest below its token share,
+    # so a paper's per-kind token budgets can be the weights as they are).
+    mix_by: Literal["samples", "tokens"] = "samples"
     on_bad_sample: Literal["skip", "error"] = "skip"  # skip (and count) | error
     synthetic_samples: int = 4000  # size of the generated demo shards
     synthetic_kind: str = ""  # "" = the stage-2 mix of kinds; "chat" = conversations (stage 4)

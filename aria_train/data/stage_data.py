@@ -95,7 +95,7 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
             share = (1.0 - data_cfg.language_weight) * weight / total_mm
             sources.append((share, ShardSource(directory, seed=split_seed)))
         return MultimodalMixture(sources, data_cfg.seq_length, split_seed, tokenizer=tokenizer, image_cfg=image_cfg,
-                                 on_bad_sample=data_cfg.on_bad_sample)
+                                 on_bad_sample=data_cfg.on_bad_sample, mix_by=data_cfg.mix_by)
 
     def batches(language_set, split_seed: int) -> MultimodalMicroBatchIterator:
         return MultimodalMicroBatchIterator(mixture(language_set, split_seed), train_cfg.global_batch_size,

@@ -3,7 +3,10 @@ split across data-parallel ranks, resumable.
 
 Mixing. Draw j of the stream (j = 0, 1, ...) takes the next document of source k, where k is
 drawn from the weights by a generator seeded with (seed, j): the choice is a pure function of
-(seed, j). Each source is read in its own order (LanguageSource: index 0, 1, ... of its dataset,
+(seed, j) (mix_by="samples"). With mix_by="tokens" the weights are token shares instead: draw j
+goes to the source whose tokens drawn so far are furthest below its share (smallest
+tokens_k / weight_k, ties to the first), so sources of long and short samples still deliver the
+paper's token budgets; the per-source token counts are part of the state. Each source is read in its own order (LanguageSource: index 0, 1, ... of its dataset,
 wrapping; ShardSource: seeded shard order per epoch, samples in stored order). A multimodal sample
 that is bad (schema, unreadable image header) is reported (skip+count or DataError) and the next
 draw is taken; nothing else is skipped.
@@ -52,6 +55,7 @@ from aria_train.data.multimodal.render import ImageConfig, RenderedSample, Sampl
 from aria_train.data.multimodal.shards import ShardSource
 
 TOO_LONG_POLICIES = ("truncate", "skip")
+MIX_BY = ("samples", "tokens")
 
 
 class LanguageSource:
@@ -129,6 +133,11 @@ class PackedSequence:
         return [img for p in self.placed for img in p.sample.images if img.end <= p.length]
 
 
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise DataError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+
+
 class MultimodalMixture:
     """sources: [(weight, LanguageSource | ShardSource)]; a pure function of the seed and the
     sources' data (see the module notes)."""
@@ -145,6 +154,7 @@ class MultimodalMixture:
         too_long: str = "truncate",
         logger: Optional[logging.Logger] = None,
         max_consecutive_skips: int = 1000,
+        mix_by: str = "samples",
     ):
         if not sources:
             raise DataError("multimodal mixture: no sources")
@@ -157,8 +167,8 @@ class MultimodalMixture:
             raise DataError(f"multimodal mixture: weights {weights} must be >= 0 with a positive sum")
         if int(seq_length) < 2:
             raise DataError(f"multimodal mixture: seq_length {seq_length} must be >= 2")
-        if too_long not in TOO_LONG_POLICIES:
-            raise DataError(f"too_long={too_long!r}: expected one of {', '.join(TOO_LONG_POLICIES)}")
+        _check_choice("mix_by", mix_by, MIX_BY)
+        _check_choice("too_long", too_long, TOO_LONG_POLICIES)
         if renderer is None:
             if tokenizer is None:
                 raise DataError("multimodal mixture: give a tokenizer or a renderer")
@@ -168,6 +178,8 @@ class MultimodalMixture:
         self.sources = [s for _, s in sources]
         self.weights = np.asarray(weights) / sum(weights)
         self._cum = np.cumsum(self.weights)
+        self.mix_by = mix_by
+        self._tokens = [0] * len(self.sources)  # tokens drawn per source (mix_by="tokens")
         self.seq_length = int(seq_length)
         self.seed = int(seed)
         self.too_long = too_long
@@ -193,7 +205,11 @@ class MultimodalMixture:
 
     # -- drawing -------------------------------------------------------------------------------
     def choose(self, draw: int) -> int:
-        """Source of draw `draw`: a pure function of (seed, draw)."""
+        """Source of draw `draw`: a pure function of (seed, draw); with mix_by="tokens", of the
+        tokens drawn so far."""
+        if self.mix_by == "tokens":
+            ratios = [t / w if w > 0 else np.inf for t, w in zip(self._tokens, self.weights)]
+            return int(np.argmin(ratios))
         u = np.random.default_rng([self.seed, draw]).random()
         return min(int(np.searchsorted(self._cum, u, side="right")), len(self.sources) - 1)
 
@@ -222,6 +238,7 @@ class MultimodalMixture:
             if doc is None or len(doc) == 0:
                 continue
             self.stats["docs"][k] += 1
+            self._tokens[k] += len(doc)
             return [doc, 0, k, cursor]
         raise DataError(f"multimodal mixture: {self.max_consecutive_skips} draws in a row gave no usable sample")
 
@@ -314,6 +331,7 @@ class MultimodalMixture:
             "source_names": [s.name for s in self.sources],
             "sequences": self._sequences,
             "draws": self._draws,
+            "tokens": list(self._tokens),
             "sources": [s.state_dict() for s in self.sources],
             "pending": pending,
             "bad_samples": self.bad.state_dict(),
@@ -345,6 +363,7 @@ class MultimodalMixture:
         for src, s in zip(self.sources, sources):
             src.load_state_dict(s)
         self._draws, self._sequences = draws, sequences
+        self._tokens = [int(t) for t in state.get("tokens", [0] * len(self.sources))]
         self.bad.load_state_dict(state.get("bad_samples", {}))
         stats = state.get("stats")
         if stats:

@@ -83,7 +83,8 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     )
 
     data_cfg, train_cfg = cfg.data, cfg.train
-    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode)
+    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode,
+                                           split=data_cfg.image_split)
     shard_sets = _multimodal_shard_sets(cfg, groups, logger)
     total_mm = sum(weight for weight, _ in shard_sets)
 

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         if args.dry_run:
             return dry_run(args)
         cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args), world_size=world)
-        return train(cfg)
+        return train(with_checkpoint_shapes(cfg, world))
     except (ConfigError, DataError, UserError) as error:
         if rank == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
@@ -54,7 +54,7 @@ def dry_run(args) -> int:
 
     world = args.world_size or 8
     # Batch sizes do not enter the accounting, so only the expert layout is checked against world.
-    cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args))
+    cfg = with_checkpoint_shapes(build_config(args.stage, args.config, args.model, overrides_from_args(args)))
     check_ep_divides_world(cfg.parallel.ep_size, world, "--world-size")
     model = build_model(cfg.model, device="meta")
     counts = count_parameters(model, cfg.model)
@@ -64,10 +64,20 @@ def dry_run(args) -> int:
     return 0
 
 
+def with_checkpoint_shapes(cfg, world_size=None):
+    """With checkpoint.init_from_hf: the model, ViT and projector shapes of that checkpoint."""
+    if not cfg.checkpoint.init_from_hf:
+        return cfg
+    from aria_train.convert.hf_init import with_hf_shapes
+
+    return with_hf_shapes(cfg, cfg.checkpoint.init_from_hf).validate(world_size)
+
+
 def train(cfg) -> int:
     import torch
 
     from aria_train.checkpoint import Checkpointer, TrainingParts
+    from aria_train.convert.hf_init import load_hf_weights
     from aria_train.convert.hf_multimodal import init_vision_tower
     from aria_train.data.stage_data import build_stage_data
     from aria_train.model.build import build_stage_model
@@ -100,6 +110,9 @@ def train(cfg) -> int:
         if cfg.multimodal and cfg.vision.init_from:
             init_vision_tower(model, cfg.vision.init_from)  # a resumed run's checkpoint overrides it
             logger.info(f"vision tower initialised from {cfg.vision.init_from}")
+        if cfg.checkpoint.init_from_hf:  # so does it override this
+            loaded = load_hf_weights(model, cfg.checkpoint.init_from_hf)
+            logger.info(f"weights from transformers checkpoint {cfg.checkpoint.init_from_hf}: {loaded}")
         optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb)
         logger.info(f"optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
 

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="build on the meta device, print parameter and memory accounting, exit")
     parser.add_argument("--world-size", type=int, default=None,
                         help="with --dry-run: the number of GPUs to account for (default 8)")
+    parser.add_argument("--init-from-hf", default=None, metavar="DIR",
+                        help="start from a transformers Aria checkpoint directory (config.json + safetensors + "
+                             "tokenizer): its weights, model shapes and tokenizer; fresh optimizer, step 0")
     parser.add_argument("--no-load-optim", action="store_true",
                         help="with --load: take weights only (fresh optimizer, step 0)")
     parser.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
@@ -60,6 +63,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
             overrides[key] = value
     if args.no_load_optim:
         overrides["checkpoint.load_optim"] = False
+    if args.init_from_hf:  # the directory's weights instead of the previous stage's, and its tokenizer
+        overrides["checkpoint.init_from_hf"] = args.init_from_hf
+        overrides["checkpoint.init_from"] = ""
+        if "data.tokenizer_model" not in overrides:  # --tokenizer-model names another one
+            overrides["data.tokenizer_model"] = args.init_from_hf
+            overrides["data.tokenizer_type"] = "huggingface"
     if args.wandb:
         overrides["logging.wandb"] = True
     for item in args.set:

@@ -15,6 +15,9 @@ class DataConfig:
     data_path: list[str] = field(default_factory=list)
     split: str = "969,30,1"  # train,valid,test weights as Megatron-LM writes them
     tokenizer_model: str = ""  # empty = the demo sentencepiece model shipped in the repo
+    # sentencepiece: tokenizer_model is a .model file; huggingface: a local transformers tokenizer
+    # directory (AutoTokenizer, offline), e.g. the one shipped with a released Aria checkpoint
+    tokenizer_type: Literal["sentencepiece", "huggingface"] = "sentencepiece"
     seq_length: int = 128
     cache_dir: str = "data_cache"
     # Stages 2-4: multimodal shards, "weight dir weight dir ..." (empty = the synthetic demo
@@ -46,4 +49,6 @@ class DataConfig:
         if len(self.mm_data_path) % 2 != 0:
             raise ConfigError("data.mm_data_path must alternate weight and shard directory")
         require_positive(self, "data", "seq_length")
+        if self.tokenizer_type == "huggingface" and not self.tokenizer_model:
+            raise ConfigError("data.tokenizer_type=huggingface needs data.tokenizer_model (a tokenizer directory)")
         return self

@@ -30,7 +30,7 @@ class StageData:
 
 
 def build_stage_data(cfg, groups, logger) -> StageData:
-    tokenizer = load_tokenizer(cfg.data.tokenizer_model)
+    tokenizer = load_tokenizer(cfg.data.tokenizer_model, cfg.data.tokenizer_type)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens"

@@ -126,8 +126,17 @@ class AriaTokenizer:
         self.__init__(state["model_proto"], state["source"])
 
 
-def load_tokenizer(path: str = "") -> AriaTokenizer:
-    """Load a sentencepiece model; "" loads the demo model shipped in the repo."""
+def load_tokenizer(path: str = "", kind: str = "sentencepiece"):
+    """Load a sentencepiece model ("" loads the demo model shipped in the repo), or with
+    kind="huggingface" a local transformers tokenizer directory (aria_train.data.hf_tokenizer)."""
+    if kind == "huggingface":
+        from aria_train.data.hf_tokenizer import HFTokenizer
+
+        if not path:
+            raise DataError("tokenizer: data.tokenizer_type=huggingface needs a directory (data.tokenizer_model)")
+        return HFTokenizer(path)
+    if kind != "sentencepiece":
+        raise DataError(f"tokenizer type {kind!r} is not one of sentencepiece, huggingface")
     model_path = Path(path) if path else DEMO_TOKENIZER_PATH
     source = str(model_path) if path else f"<demo> {model_path}"
     if not model_path.is_file():

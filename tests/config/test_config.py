@@ -50,5 +50,7 @@ def test_world_size_checks():
 def test_missing_config_file_and_unknown_preset(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_config(1, config_file=tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="model.preset='huge' is not one of"):
+    with pytest.raises(ConfigError, match="--model 'huge' is neither a model preset"):
         build_config(1, preset="huge")
+    with pytest.raises(ConfigError, match="model.preset='huge' is not one of"):
+        build_config(1, overrides={"model.preset": "huge"})

@@ -137,6 +137,19 @@ def test_stage4_first_step_loss_equals_transformers(checkpoint, tmp_path):
     assert math.isfinite(ours["grad_norm"]) and ours["grad_norm"] > 0
 
 
+def test_dry_run_takes_the_checkpoint_shapes(checkpoint):
+    directory, _ = checkpoint
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(REPO / "launch" / "pretrain.py"), "--stage", "4", "--dry-run",
+                             "--init-from-hf", str(directory), "--world-size", "2", "--ep-size", "2"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    hf_total = sum(p.numel() for p in _hf_model().parameters())
+    assert f"  total{hf_total:>39,}" in result.stdout
+    assert "RoPE base                          5,000,000" in result.stdout
+
+
 def test_bad_directories_fail_with_one_line(tmp_path, checkpoint):
     directory, _ = checkpoint
     empty = tmp_path / "empty"

@@ -17,6 +17,7 @@ AriaTextForCausalLM, read offline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -119,31 +120,25 @@ def load_hf_weights(model: nn.Module, directory) -> str:
         raise _fail(directory, error) from None
     experts = expert_parameter_layouts(model)
     params = dict(model.named_parameters())
-    handles: dict[Path, object] = {}
-    loaded = 0
-    for name, key in names.items():
-        if name not in params:
-            raise UserError(f"--init-from-hf {directory}: checkpoint tensor {key} has no parameter {name} here")
-        path = files[key]
-        if path not in handles:
-            handles[path] = safe_open(str(path), framework="pt")
-        tensor = handles[path].get_slice(key)
-        if name in experts:  # only this rank's experts
-            tensor = tensor[experts[name].first : experts[name].end]
-        else:
-            tensor = tensor[:]
-        param = params[name]
-        if tuple(tensor.shape) != tuple(param.shape):
-            raise UserError(f"--init-from-hf {directory}: {key} has shape {tuple(tensor.shape)}, "
-                            f"the model's {name} {tuple(param.shape)}")
-        param.copy_(tensor.to(param.dtype))
-        loaded += 1
+    with contextlib.ExitStack() as stack:
+        handles = {path: stack.enter_context(safe_open(str(path), framework="pt")) for path in set(files.values())}
+        for name, key in names.items():
+            if name not in params:
+                raise UserError(f"--init-from-hf {directory}: checkpoint tensor {key} has no parameter {name} here")
+            tensor = handles[files[key]].get_slice(key)
+            # only this rank's experts: a slice reads just those rows from the file
+            tensor = tensor[experts[name].first : experts[name].end] if name in experts else tensor[:]
+            param = params[name]
+            if tuple(tensor.shape) != tuple(param.shape):
+                raise UserError(f"--init-from-hf {directory}: {key} has shape {tuple(tensor.shape)}, "
+                                f"the model's {name} {tuple(param.shape)}")
+            param.copy_(tensor.to(param.dtype))
     missing = [n for n in params if n not in names]
     if missing and multimodal_checkpoint == hasattr(model, "language_model"):
         raise UserError(f"--init-from-hf {directory}: the checkpoint lacks {missing[0]}"
                         + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
     kept = f"; {len(missing)} not in it keep their initialisation (e.g. {missing[0]})" if missing else ""
-    return f"{loaded} tensors loaded{kept}{_rope_note(hf, multimodal_checkpoint, model)}"
+    return f"{len(names)} tensors loaded{kept}{_rope_note(hf, multimodal_checkpoint, model)}"
 
 
 def _rope_note(hf, multimodal_checkpoint: bool, model: nn.Module) -> str:

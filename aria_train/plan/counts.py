@@ -4,7 +4,7 @@ visual token run through."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aria_train.accounting import ParameterCounts, count_parameters
 from aria_train.model.decoder import build_model
@@ -23,6 +23,7 @@ class StageCounts:
     lm_head: int
     sizes: dict  # parameter name -> elements (the stage model's names)
     experts: set  # names of the routed-expert parameters
+    _trainable: dict = field(default_factory=dict, repr=False)  # freeze groups -> ParameterCounts
 
     @property
     def total(self) -> int:
@@ -37,9 +38,12 @@ class StageCounts:
     def trainable(self, freeze=()) -> ParameterCounts:
         """The parameters that take a gradient when the groups `freeze` are frozen (total and
         routed part; what the gradient buffers and optimizer state are sized by)."""
-        kept = [n for n in self.sizes if not is_frozen(n, freeze)]
-        return ParameterCounts(sum(self.sizes[n] for n in kept), sum(self.sizes[n] for n in kept if n in self.experts),
-                               0, 0)
+        key = tuple(sorted(freeze))
+        if key not in self._trainable:
+            kept = [n for n in self.sizes if not is_frozen(n, key)]
+            self._trainable[key] = ParameterCounts(sum(self.sizes[n] for n in kept),
+                                                   sum(self.sizes[n] for n in kept if n in self.experts), 0, 0)
+        return self._trainable[key]
 
     def vision_trainable(self, freeze=()) -> int:
         """ViT + projector parameters that take a gradient."""

@@ -30,6 +30,9 @@ def test_preset_and_overrides_apply_in_order():
         ({"model.moe.balance_group_size": 5}, "model.moe.balance_group_size=5 does not divide"),
         ({"parallel.ep_size": 3}, "parallel.ep_size=3 does not divide model.moe.num_experts=16"),
         ({"schedule.style": "linear"}, "schedule.style='linear' is not one of"),
+        ({"data.tokenizer_type": "huggingface"}, "data.tokenizer_type=huggingface needs data.tokenizer_model"),
+        ({"vision.activation_checkpointing": True}, "vision.activation_checkpointing=True is not one of"),
+        ({"train.freeze": ["experts"]}, "train.freeze='experts' is not one of"),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(overrides, message):

@@ -137,6 +137,34 @@ def test_stage4_first_step_loss_equals_transformers(checkpoint, tmp_path):
     assert math.isfinite(ours["grad_norm"]) and ours["grad_norm"] > 0
 
 
+def test_stage1_takes_the_language_model_and_each_rank_only_its_experts(checkpoint):
+    from aria_train.convert.hf_init import load_hf_weights, with_hf_shapes
+    from aria_train.convert.hf_multimodal import hf_to_aria_state_dict
+    from aria_train.model.decoder import build_model
+    from aria_train.moe.experts import GroupedExperts
+    from aria_train.moe.layout import ExpertLayout
+
+    directory, hf = checkpoint
+    cfg = with_hf_shapes(build_config(1), directory).validate()
+    assert (cfg.model.vocab_size, cfg.model.moe.num_experts, cfg.model.rope_base) == (VOCAB, 8, 100_000.0)
+    expected = hf_to_aria_state_dict(hf.state_dict(), cfg.model.num_layers)
+    for ep_rank in (0, 1):  # the two ranks of an EP group of 2: experts [0, 4) and [4, 8)
+        model = build_model(cfg.model, device="meta")
+        with torch.device("meta"):  # what apply_expert_parallel leaves on this rank
+            for block in model.layers:
+                block.moe.experts = GroupedExperts(64, 32, ExpertLayout(8, 2, ep_rank))
+        model.to_empty(device="cpu")
+        model.init_weights(0)
+        summary = load_hf_weights(model, directory)
+        assert summary.startswith(f"{len(dict(model.named_parameters()))} tensors loaded")
+        assert "RoPE base 100,000 (the stage's), the checkpoint was trained at 5,000,000" in summary
+        for name, param in model.named_parameters():
+            reference = expected["language_model." + name]
+            if ".experts." in name:
+                reference = reference[4 * ep_rank : 4 * ep_rank + 4]
+            assert torch.equal(param, reference), name
+
+
 def test_dry_run_takes_the_checkpoint_shapes(checkpoint):
     directory, _ = checkpoint
     import subprocess
@@ -171,3 +199,24 @@ def pretrain_error(args: list) -> str:
                             text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stderr
+
+
+def test_the_checkpoint_tokenizer_behaves_as_arias(checkpoint, tmp_path):
+    import pickle
+
+    from aria_train.data.errors import DataError
+    from aria_train.data.tokenizer import load_tokenizer
+
+    directory, _ = checkpoint
+    tok = load_tokenizer(str(directory), "huggingface")
+    assert (tok.pad, tok.unk, tok.eod, tok.im_start, tok.im_end, tok.img, tok.fim_prefix, tok.fim_suffix) == tuple(
+        range(8))
+    text = "a caption <|img|> with <|endoftext|> inside"
+    ids = tok.encode(text)
+    assert not set(ids) & set(range(8))  # special-token text stays text: only the pipeline places ids
+    assert tok.decode(ids) == text and tok.encode_batch([text, "x"]) == [ids, tok.encode("x")]
+    assert pickle.loads(pickle.dumps(tok)).encode(text) == ids
+    with pytest.raises(DataError, match="no token '<nope>'"):
+        tok.token_id("<nope>")
+    with pytest.raises(DataError, match="not a directory"):
+        load_tokenizer(str(tmp_path / "missing"), "huggingface")

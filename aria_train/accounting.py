@@ -98,25 +98,6 @@ def count_encoder_parameters(tower: nn.Module, moe_layers: list, moe_cfg) -> Enc
     return EncoderCounts(total, routed, list(moe_layers), total - routed + routed * share)
 
 
-def format_encoder_report(counts: EncoderCounts, vision, world_size: int, ep_size: int) -> str:
-    """The vision tower's lines of --dry-run (multimodal stages)."""
-    lines = [f"vision tower parameters      {counts.total:,}"]
-    if counts.routed_experts:
-        moe = vision.moe
-        routing = (f"expert choice, c={moe.expert_choice_capacity_factor:g}" if moe.router == "expert_choice"
-                   else f"top-{moe.top_k}")
-        layers = ", ".join(map(str, counts.moe_layers))
-        local = counts.total - counts.routed_experts + counts.routed_experts / ep_size
-        lines += [
-            f"  routed experts             {counts.routed_experts:,} ({moe.num_experts} experts, {routing}, "
-            f"in encoder layers {layers} of {vision.num_layers}: vision.moe.layers={moe.layers})",
-            f"  dense                      {counts.total - counts.routed_experts:,}",
-            f"  active per token           {counts.active_per_token:,.0f}",
-            f"  per rank (ep-size {ep_size})      {local:,.0f} parameters, {4 * local / GIB:.3f} GiB fp32 weights",
-        ]
-    return "\n".join(lines)
-
-
 def format_report(counts: ParameterCounts, memory: RankMemory, world_size: int, ep_size: int, preset: str) -> str:
     lines = [
         f"model preset                 {preset}",

@@ -18,12 +18,14 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from aria_train.model.config import ModelConfig
 from aria_train.model.vision_config import ProjectorConfig, VisionConfig
 from aria_train.model.decoder import AriaForCausalLM, DecoderOutput
 from aria_train.model.projector import Projector
 from aria_train.model.vision import Grid, VisionOutput, VisionTransformer
+from aria_train.nn.image_patches import grid_list
 from aria_train.nn.media import AUDIO, IMAGE, VIDEO, MediaBatch
 
 
@@ -54,7 +56,25 @@ class AriaForConditionalGeneration(nn.Module):
         self.multi_modal_projector.init_weights(seed)
 
     def image_features(self, patches: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """patches [T, C*p*p] packed, grid [(h_i, w_i)] -> [sum_i Q_i, hidden] (decoder width)."""
+        """patches [T, C*p*p] packed, grid [(h_i, w_i)] -> [sum_i Q_i, hidden] (decoder width).
+
+        vision.activation_checkpointing="crops" (training): the ViT and projector run on groups
+        of vision.checkpoint_crops crops, each group a checkpoint region that keeps only its
+        pixels and is recomputed in backward on its own. Crops are independent in both (attention
+        stays inside a crop), so the features are the same as in one pass."""
+        grid = grid_list(grid)
+        group = self.vision_cfg.checkpoint_crops
+        if not (self.vision_cfg.activation_checkpointing == "crops" and self.training and torch.is_grad_enabled()):
+            return self._features(patches, grid)
+        out, start = [], 0
+        for first in range(0, len(grid), group):
+            crops = grid[first : first + group]
+            end = start + sum(h * w for h, w in crops)
+            out.append(checkpoint(self._features, patches[start:end], crops, use_reentrant=False))
+            start = end
+        return torch.cat(out)
+
+    def _features(self, patches: torch.Tensor, grid: list) -> torch.Tensor:
         return self.multi_modal_projector(self.vision_tower(patches, grid), grid)
 
     def media_queries(self, media: MediaBatch) -> list[int]:
@@ -72,7 +92,28 @@ class AriaForConditionalGeneration(nn.Module):
     def media_features(self, media: MediaBatch) -> tuple[torch.Tensor, VisionOutput]:
         """Every item of `media` -> ([sum of its queries, hidden], the encoder's output). An empty
         `media` still runs the encoder (with experts, the EP group needs every rank) and returns
-        no features."""
+        no features.
+
+        vision.activation_checkpointing="crops" (training): images only -> image_features' groups
+        of crops; with videos or audio the encoder and projector are one region that keeps only
+        their inputs (VisionConfig refuses crops with encoder experts: a recompute per group
+        would run the EP all-to-alls a different number of times on each rank)."""
+        if not (self.vision_cfg.activation_checkpointing == "crops" and self.training and torch.is_grad_enabled()
+                and len(media)):
+            return self._media_features(media)
+        if len(media.grid) == len(media):
+            features = self.image_features(media.patches, media.grid)
+            zero = features.new_zeros((), dtype=torch.float32)
+            return features, VisionOutput(features[:0], [h * w for h, w in media.grid], zero, zero)
+        features, lengths = checkpoint(self._media_features_only, media, use_reentrant=False)
+        zero = features.new_zeros((), dtype=torch.float32)
+        return features, VisionOutput(features[:0], lengths, zero, zero)
+
+    def _media_features_only(self, media: MediaBatch) -> tuple[torch.Tensor, list]:
+        features, encoded = self._media_features(media)
+        return features, encoded.lengths
+
+    def _media_features(self, media: MediaBatch) -> tuple[torch.Tensor, VisionOutput]:
         encoded = self.vision_tower.encode(media)
         if not encoded.lengths:
             return encoded.features.new_zeros(0, self.cfg.hidden_size), encoded

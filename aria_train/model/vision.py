@@ -161,7 +161,7 @@ class VisionTransformer(nn.Module):
         balance = z = x.new_zeros((), dtype=torch.float32)
         stats = []
         for layer in self.encoder.layers:
-            if self.activation_checkpointing and self.training:
+            if self.activation_checkpointing == "layer" and self.training:
                 x, layer_balance, layer_z, layer_stats = checkpoint(layer, x, segments, self.attention_backend,
                                                                     use_reentrant=False)
             else:

@@ -89,7 +89,11 @@ class VisionConfig:
     # A SigLIP / Idefics3 vision checkpoint (safetensors, HF layout) the ViT starts from when a
     # multimodal stage starts fresh; a resumed run's own checkpoint takes precedence.
     init_from: str = ""
-    activation_checkpointing: bool = False
+    # none | layer: recompute each encoder layer in backward (keeps every layer's input) |
+    # crops: recompute the ViT and projector for groups of `checkpoint_crops` crops (keeps only
+    # the pixels; the only mode whose memory does not grow with ViT depth x crops: 64K context)
+    activation_checkpointing: Literal["none", "layer", "crops"] = "none"
+    checkpoint_crops: int = 8
     qk_norm: QKNorm = "none"  # none | layernorm | rmsnorm on each head's q and k (aria_train.model.qk_norm)
     moe: VisionMoEConfig = field(default_factory=VisionMoEConfig)
     # 2d: Conv2d patches (ARIA). tubelet: a Conv3d over tubelet_frames x patch_size x patch_size
@@ -109,7 +113,7 @@ class VisionConfig:
 
     def validate(self) -> "VisionConfig":
         require_positive(self, "vision", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                         "patch_size", "image_size", "num_channels")
+                         "patch_size", "image_size", "num_channels", "checkpoint_crops")
         if self.hidden_size % self.num_heads != 0:
             raise ConfigError(f"vision.num_heads={self.num_heads} does not divide vision.hidden_size={self.hidden_size}")
         if self.image_size % self.patch_size != 0:
@@ -117,6 +121,9 @@ class VisionConfig:
         if self.layer_norm_eps <= 0:
             raise ConfigError(f"vision.layer_norm_eps={self.layer_norm_eps} must be positive")
         self.moe.check(self.num_layers)
+        if self.activation_checkpointing == "crops" and self.moe_layers:
+            raise ConfigError("vision.activation_checkpointing=crops with vision.moe experts: a recompute per group of "
+                              "crops would run the expert all-to-alls a different number of times on each rank; use layer")
         if self.patch == "tubelet":
             require_positive(self, "vision", "tubelet_frames", "max_frames")
             if self.position_embedding != "factorized":

@@ -162,11 +162,25 @@ def test_dry_run_counts_the_last_half_against_a_hand_count():
     router, experts = 4 * 32, 4 * (32 * 2 * 64 + 64 * 32)  # SwiGLU experts as wide as the MLP
     total = embeddings + 2 * 32 + 4 * attention_and_norms + 2 * dense_mlp + 2 * (router + experts)
     assert (total, 2 * experts) == (97_312, 49_152)
-    out = result.stdout
-    assert f"vision tower parameters      {total:,}" in out
-    assert f"routed experts             {2 * experts:,} (4 experts, expert choice, c=1, in encoder layers 2, 3 of 4" in out
-    assert f"active per token           {total - 2 * experts + 2 * experts // 4:,}" in out
-    assert f"per rank (ep-size 2)      {total - experts:,} parameters" in out
+    rows = {line[:29].strip(): line[29:].split("(")[0].strip() for line in result.stdout.splitlines()
+            if line.startswith("  ")}
+    assert rows["vision tower (ViT)"] == f"{total:,}"
+    assert rows["routed experts"] == f"{2 * experts:,}"
+    assert rows["dense"] == f"{total - 2 * experts:,}"
+    assert rows["per rank (ep-size 2)"] == f"{total - experts:,}"
+    assert rows["per patch in the ViT"] == f"{total - 2 * experts + 2 * experts // 4:,}"
+    assert "(4 experts, expert choice, c=1, in encoder layers 2, 3 of 4: vision.moe.layers=last_half)" in result.stdout
+
+
+def test_plan_counts_shard_encoder_experts_like_the_decoders():
+    from aria_train.plan.counts import count_stage
+
+    counts = count_stage(_stage2(**{"vision.num_layers": 4}))
+    assert counts.encoder_routed == 49_152 and counts.encoder.moe_layers == [2, 3]
+    assert counts.all.routed_experts == counts.decoder.routed_experts + 49_152  # EP divides both
+    assert any(n.startswith("vision_tower.") for n in counts.experts)
+    assert counts.active_visual == (counts.decoder.active_per_token - counts.input_embedding
+                                    + counts.vision - 49_152 + 49_152 // 4 + counts.projector)
 
 
 def test_hf_export_refuses_imp_options(tmp_path):

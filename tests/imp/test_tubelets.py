@@ -102,3 +102,32 @@ def test_tubelet_config_checks():
     names = {n for n, _ in VisionTransformer(cfg).named_parameters()}
     assert {"embeddings.time_embedding.weight", "embeddings.height_embedding.weight",
             "embeddings.width_embedding.weight"} <= names and "embeddings.position_embedding.weight" not in names
+
+
+def test_crops_recompute_with_a_video_gives_the_same_features_and_gradients():
+    from aria_train.model.multimodal import build_multimodal_model
+
+    video, image = torch.rand(4, 3, 70, 70), torch.rand(3, 70, 70)
+    tubelets, grid3 = patchify_video(video, 4, 14)
+    patches, grid = patchify(image, 14)
+    media = MediaBatch(patches, [grid], tubelets, [grid3], media_order=["image", "video"])
+    results = []
+    for mode in ("none", "crops"):
+        cfg = build_config(2, overrides={"vision.patch": "tubelet", "vision.position_embedding": "factorized",
+                                         "vision.activation_checkpointing": mode, "vision.checkpoint_crops": 1})
+        model = build_multimodal_model(cfg.model, cfg.vision, cfg.projector, image_token_id=5, seed=0).train()
+        features, encoded = model.media_features(media)
+        (features * torch.linspace(-1, 1, features.numel()).view_as(features)).sum().backward()
+        grads = [p.grad.clone() for p in model.vision_tower.parameters() if p.grad is not None]
+        results.append((features.detach(), encoded.lengths, grads))
+    (f0, l0, g0), (f1, l1, g1) = results
+    assert l0 == l1 == [25, 25] and f0.shape == (8, 64)  # 4 queries each at the decoder width
+    torch.testing.assert_close(f1, f0)
+    assert len(g0) == len(g1) > 0
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a)
+
+
+def test_crops_recompute_is_refused_with_encoder_experts():
+    with pytest.raises(ConfigError, match="vision.activation_checkpointing=crops with vision.moe experts"):
+        build_config(2, overrides={"vision.moe.num_experts": 4, "vision.activation_checkpointing": "crops"})

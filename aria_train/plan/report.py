@@ -61,7 +61,7 @@ def _encoder_experts(cfg, counts: StageCounts) -> list[str]:
     layers = ", ".join(map(str, enc.moe_layers))
     per_rank = enc.total - enc.routed_experts + enc.routed_experts // ep
     return [_row("  routed experts", f"{enc.routed_experts:,}",
-                 f"{moe.num_experts} experts, {routing}, in encoder layers {layers} of {cfg.vision.num_layers}: "
+                 f"{moe.num_experts} experts, {routing}, in encoder layers {layers} (of {cfg.vision.num_layers}): "
                  f"vision.moe.layers={moe.layers}"),
             _row("  dense", f"{enc.total - enc.routed_experts:,}"),
             _row(f"  per rank (ep-size {ep})", f"{per_rank:,}", f"{moe.num_experts // ep} of {moe.num_experts} experts "

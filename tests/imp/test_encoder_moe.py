@@ -169,7 +169,7 @@ def test_dry_run_counts_the_last_half_against_a_hand_count():
     assert rows["dense"] == f"{total - 2 * experts:,}"
     assert rows["per rank (ep-size 2)"] == f"{total - experts:,}"
     assert rows["per patch in the ViT"] == f"{total - 2 * experts + 2 * experts // 4:,}"
-    assert "(4 experts, expert choice, c=1, in encoder layers 2, 3 of 4: vision.moe.layers=last_half)" in result.stdout
+    assert "(4 experts, expert choice, c=1, in encoder layers 2, 3 (of 4): vision.moe.layers=last_half)" in result.stdout
 
 
 def test_plan_counts_shard_encoder_experts_like_the_decoders():

@@ -99,3 +99,20 @@ def test_flops_count_dense_layers_with_their_own_width():
     moe = 2 * 64 * 16 + 2 * 3 * 64 * 32 * (4 + 2)
     dense = 2 * 3 * 64 * 100
     assert forward_flops_per_token(cfg, seq) == 4 * attention + 2 * moe + 2 * dense + 2 * 64 * 1024
+
+
+def test_dry_run_report_counts_the_placement_by_hand():
+    from aria_train.plan.report import dry_run_report
+
+    cfg = build_config(1, overrides={"model.num_layers": 4, "model.moe.layer_freq": 2})
+    report = dry_run_report(cfg, world=2)
+    H, V, E, I, shared, top_k = 64, 1024, 16, 32, 2, 4
+    width = (top_k + shared) * I
+    routed = 2 * E * 3 * H * I  # the experts of layers 0 and 2 only
+    dense = 2 * V * H + H + 4 * (4 * H * 64 + 2 * H) + 2 * (E * H + 3 * H * shared * I) + 2 * 3 * H * width
+    decoder = next(line for line in report.splitlines() if line.startswith("  decoder "))
+    assert decoder.split()[1] == f"{routed + dense:,}"
+    assert f"(routed experts {routed:,}; dense {dense:,})" in decoder
+    active = next(line for line in report.splitlines() if line.startswith("  per text token"))
+    assert active.split()[3] == f"{dense + routed * top_k // E:,}"
+    assert "note: 2 of 4 decoder layers are MoE (model.moe.layer_freq / first_k_dense)" in report

@@ -55,12 +55,26 @@ def dry_run(args) -> int:
     world = args.world_size or 8
     # Batch sizes do not enter the accounting, so only the expert layout is checked against world.
     cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args))
+    if cfg.stage == 0:
+        return dry_run_encoder(cfg)
     check_ep_divides_world(cfg.parallel.ep_size, world, "--world-size")
     model = build_model(cfg.model, device="meta")
     counts = count_parameters(model, cfg.model)
     memory = memory_per_rank(counts, world, cfg.parallel.ep_size, zero1=cfg.optimizer.zero1)
     print(format_report(counts, memory, world, cfg.parallel.ep_size, cfg.model.preset))
     print(dry_run_memory_report(cfg, counts, world))
+    return 0
+
+
+def dry_run_encoder(cfg) -> int:
+    """Stage 0: parameters per part of the dual encoder (classifier heads are sized by the data's
+    classes, so they are not counted here)."""
+    from aria_train.model.build import build_stage_model
+
+    model = build_stage_model(cfg, None)
+    for name, part in model.named_children():
+        print(f"{name:<18} {sum(p.numel() for p in part.parameters()):>14,d} parameters")
+    print(f"{'total':<18} {sum(p.numel() for p in model.parameters()):>14,d} parameters (+ classifier heads)")
     return 0
 
 
@@ -91,15 +105,20 @@ def train(cfg) -> int:
         logger.info(f"stage {cfg.stage} | preset {cfg.model.preset} | world {groups.world_size} | "
                     f"ep-size {groups.ep_size} | device {device.type}")
 
-        data = build_stage_data(cfg, groups, logger)
+        if cfg.stage == 0:  # encoder pretraining: pairs of (dataset, objective), one per step
+            from aria_train.data.encoder.build import build_encoder_stage_data
 
-        model = build_stage_model(cfg, data.tokenizer)
+            data = build_encoder_stage_data(cfg, groups, logger)
+            model = build_stage_model(cfg, data.tokenizer, data.class_counts)
+        else:
+            data = build_stage_data(cfg, groups, logger)
+            model = build_stage_model(cfg, data.tokenizer)
         apply_expert_parallel(model, groups)
         model.to_empty(device=device)
         model.init_weights(cfg.train.seed)
-        if cfg.multimodal and cfg.vision.init_from:
-            init_vision_tower(model, cfg.vision.init_from)  # a resumed run's checkpoint overrides it
-            logger.info(f"vision tower initialised from {cfg.vision.init_from}")
+        if cfg.has_vision and cfg.vision.init_from:
+            source = init_vision_tower(model, cfg.vision.init_from)  # a resumed run's checkpoint overrides it
+            logger.info(f"vision tower initialised from {source}")
         optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb)
         logger.info(f"optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
 
@@ -107,8 +126,15 @@ def train(cfg) -> int:
         checkpointer = Checkpointer(cfg.checkpoint, groups, describe_run(cfg), logger)
         checkpointer.maybe_resume(parts)
 
-        callbacks = default_callbacks(cfg, device, checkpointer, stopper, data.valid_factory)
-        trainer = Trainer(cfg, parts, logger, device, groups, callbacks)
+        if cfg.stage == 0:
+            from aria_train.train.encoder.callbacks import encoder_callbacks
+            from aria_train.train.encoder.trainer import EncoderTrainer
+
+            callbacks = encoder_callbacks(cfg, device, data, checkpointer, stopper)
+            trainer = EncoderTrainer(cfg, parts, logger, device, groups, callbacks)
+        else:
+            callbacks = default_callbacks(cfg, device, checkpointer, stopper, data.valid_factory)
+            trainer = Trainer(cfg, parts, logger, device, groups, callbacks)
         history = trainer.fit()
         if history:
             logger.info(f"done: step {trainer.state.step}, first loss {history[0]['loss']:.4f}, "

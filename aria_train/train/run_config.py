@@ -30,9 +30,10 @@ from aria_train.moe.layout import ExpertLayout
 from aria_train.optim.config import OptimizerConfig
 from aria_train.parallel.config import ParallelConfig, check_ep_divides_world
 from aria_train.train.config import LoggingConfig, ScheduleConfig, TrainConfig
+from aria_train.train.encoder_config import EncoderConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STAGE_DIRS = {1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_post"}
+STAGE_DIRS = {0: "stage0_encoder", 1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_post"}
 
 
 @dataclass
@@ -49,19 +50,30 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # stage 0 only
+
+    @property
+    def has_vision(self) -> bool:
+        """The run trains the ViT: stage 0 (encoder pretraining) and the multimodal stages."""
+        return self.multimodal or self.stage == 0
 
     def validate(self, world_size: Optional[int] = None) -> "RunConfig":
         """Checks that the sizes fit together; raises ConfigError naming the key."""
         self.model.validate()
         self.data.validate()
-        if self.multimodal:
+        if self.has_vision:
             self.vision.validate()
             self.projector.validate(self.vision)
         self.train.validate()
         ExpertLayout(self.model.moe.num_experts, self.parallel.ep_size)  # ep_size must divide the experts
+        if self.stage == 0:  # each pair has its own global batch (train.*_batch_size are not used)
+            self.encoder.validate(world_size)
+            if self.multimodal:
+                raise ConfigError("stage 0 trains the encoder alone: multimodal must be false")
         if world_size is not None:
             check_ep_divides_world(self.parallel.ep_size, world_size)
-            self.train.check_batch_fits(world_size)
+            if self.stage != 0:
+                self.train.check_batch_fits(world_size)
         return self
 
 

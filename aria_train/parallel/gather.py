@@ -50,14 +50,3 @@ def all_gather_rows(local: torch.Tensor, group: Optional[Any] = None, distribute
     with torch.no_grad():
         return all_gather_with_grad(local.detach(), group, distributed)
 
-
-def check_same_rows(rows: int, group: Optional[Any] = None, distributed: bool = True) -> None:
-    """Raises ValueError when the ranks of `group` hold different numbers of rows (the gathers
-    above need equal blocks)."""
-    if not distributed or not dist.is_available() or not dist.is_initialized():
-        return
-    counts = torch.tensor([rows, -rows], dtype=torch.int64)
-    dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=group)
-    if int(counts[0]) != rows or -int(counts[1]) != rows:
-        raise ValueError(f"all_gather_with_grad: ranks hold between {-int(counts[1])} and {int(counts[0])} rows; "
-                         f"every rank must hold the same number")

@@ -154,8 +154,9 @@ def test_global_batch_does_not_depend_on_world_size(world):
 
 
 def _batches(ds, tok, templates, schedule="weighted_round_robin"):
-    reader = ImageReader(70, 48, 14)
-    specs = [PairSpec("c/softmax", "softmax", ds, 4, reader), PairSpec("c/nce", "nce", ds, 6, reader)]
+    """Two pairs on one dataset with different batch sizes and image sizes (70 and 42 px)."""
+    specs = [PairSpec("c/softmax", "softmax", ds, 4, ImageReader(70, 48, 14)),
+             PairSpec("c/nce", "nce", ds, 6, ImageReader(42, 28, 14))]
     return PairBatches(specs, PairSchedule([1.0, 2.0], schedule, seed=3), tok, PromptRenderer(templates, 3), 16,
                        seed=3)
 
@@ -173,6 +174,7 @@ def test_pair_batches_alternate_render_prompts_and_resume(labelled_dir, tok):
     assert len({t.replace(n, "{}") for t in texts for n in ("red", "green", "blue") if n in t}) == 3  # every template
     soft = [b for b in first if b.objective == "softmax"]
     assert all(b.labels.shape == (4,) and b.patches.shape[0] == sum(h * w for h, w in b.grid) for b in soft)
+    assert max(max(g) for b in soft for g in b.grid) == 5 and max(max(g) for b in nce for g in b.grid) == 3
     resumed = _batches(ds, tok, templates)
     head = [resumed.next_global_batch() for _ in range(4)]
     state = resumed.state_dict()

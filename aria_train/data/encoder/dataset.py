@@ -120,9 +120,3 @@ class ImageReader:
             side = self.image_size
             return keep_ratio_crop(torch.zeros(3, side, side), side, self.min_size, self.patch_size), 0.0
 
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_members"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._members = MemberReader()

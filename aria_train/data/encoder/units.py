@@ -166,7 +166,7 @@ def _tar_sample(tar, unit: str, key: str, group: list) -> tuple:
     images = [(suffix, name) for suffix, _, name in members if member_type(suffix)[1] not in ("json", "txt")]
     if not any(member_type(s)[1] in ("json", "txt") for s, _, _ in members):  # KEY.jpg + KEY.cls alone
         if len(images) != 1:
-            raise BadSample(f"{len(images)} image members next to the cls member (expected one)")
+            raise BadSample(f"{len(images)} image members and no json or txt member (expected one image)")
         return where[images[0][1]], label, None
     raw = sample_from_members(unit, key, members)
     if raw.meta.get("kind") != "caption":

@@ -38,6 +38,16 @@ class DataConfig:
     mm_image_root: str = ""  # image folder of JSON / JSONL sources ("" = each file's own folder)
     language_weight: float = 0.3  # share of draws that take a language document
     image_mode: Literal["medium", "high", "ultra-high"] = "medium"
+    # How ultra-high splits an image (aria_train.data.image_split). aria (default): the original
+    # ARIA code the released weights were trained with -- a global view plus tiles of the grid
+    # closest in aspect ratio, stretched to it. transformers: AriaImageProcessor(split_image=True)
+    # as users of the released weights run it -- the best-fitting grid, aspect ratio kept, padded,
+    # no global view. Medium and high are the same in both.
+    image_split: Literal["aria", "transformers"] = "aria"
+    # What the mixture weights (language_weight, mm_data_path) measure: samples (each draw picks
+    # a source by weight) or tokens (each draw goes to the source furthest below its token share,
+    # so a paper's per-kind token budgets can be the weights as they are).
+    mix_by: Literal["samples", "tokens"] = "samples"
     on_bad_sample: Literal["skip", "error"] = "skip"  # skip (and count) | error
     synthetic_samples: int = 4000  # size of the generated demo shards
     synthetic_kind: str = ""  # "" = the stage-2 mix of kinds; "chat" = conversations (stage 4)

@@ -86,7 +86,8 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     )
 
     data_cfg, train_cfg = cfg.data, cfg.train
-    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode)
+    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode,
+                                           split=data_cfg.image_split)
     shard_sets = _multimodal_shard_sets(cfg, groups, logger, tokenizer)
     total_mm = sum(weight for weight, _ in shard_sets)
     image_root = data_cfg.mm_image_root or None
@@ -106,7 +107,7 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
         return MultimodalMixture(sources, data_cfg.seq_length, split_seed, tokenizer=tokenizer, image_cfg=image_cfg,
                                  on_bad_sample=data_cfg.on_bad_sample, formats=data_cfg.mm_formats,
                                  max_bad_fraction=data_cfg.max_bad_fraction,
-                                 bad_sample_window=data_cfg.bad_sample_window)
+                                 bad_sample_window=data_cfg.bad_sample_window, mix_by=data_cfg.mix_by)
 
     def batches(language_set, split_seed: int) -> MultimodalMicroBatchIterator:
         return MultimodalMicroBatchIterator(mixture(language_set, split_seed), train_cfg.global_batch_size,

@@ -115,7 +115,8 @@ class UnitIndex:
         if last is not None and last[0] is image_cfg:  # the planner asks for one config, per sample
             return last[1]
         cache = self.__dict__.setdefault("_layouts", {})
-        sig = (image_cfg.mode, image_cfg.crop_size, image_cfg.queries, image_cfg.tile_size)
+        sig = (image_cfg.mode, image_cfg.crop_size, image_cfg.queries, image_cfg.tile_size, image_cfg.split,
+               tuple(image_cfg.split_ratios), tuple(sorted(image_cfg.resolutions.items())))
         if sig not in cache:
             cache[sig] = SampleLayout.of(self, image_cfg)
         self._last_layout = (image_cfg, cache[sig])

@@ -2,7 +2,11 @@
 split across data-parallel ranks, resumable.
 
 Mixing and reading. planner.py: draw j takes the next document of source k = choose(j), a pure
-function of (seed, j); sources are read in their own order (LanguageSource: index 0, 1, ...;
+function of (seed, j) (mix_by="samples"). With mix_by="tokens" the weights are token shares
+instead: draw j goes to the source whose tokens drawn so far are furthest below its share
+(smallest tokens_k / weight_k, ties to the first), so sources of long and short samples still
+deliver a paper's per-kind token budgets; the per-source token counts are part of the state.
+Sources are read in their own order (LanguageSource: index 0, 1, ...;
 ShardSource: seeded unit order per epoch, see sources.py); samples the length index marks bad are
 reported (skip+count or DataError) and counted by the bad-data guard.
 
@@ -54,6 +58,7 @@ from aria_train.data.multimodal.render import ImageConfig, RenderedSample, Sampl
 from aria_train.data.multimodal.sources import ShardSource
 
 TOO_LONG_POLICIES = ("truncate", "skip")
+MIX_BY = ("samples", "tokens")
 _CACHED_DOCS = 8
 
 
@@ -95,6 +100,11 @@ def _check_sources(sources: Sequence) -> list:
     return weights
 
 
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise DataError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+
+
 class MultimodalMixture:
     """sources: [(weight, LanguageSource | ShardSource)]; a pure function of the seed and the
     sources' data (see the module notes). formats: the layouts to accept (None = all);
@@ -104,12 +114,12 @@ class MultimodalMixture:
                  image_cfg: Optional[ImageConfig] = None, renderer: Optional[SampleRenderer] = None,
                  on_bad_sample: str = "skip", too_long: str = "truncate", logger: Optional[logging.Logger] = None,
                  max_consecutive_skips: int = 1000, formats: Optional[Sequence[str]] = None,
-                 max_bad_fraction: float = 0.05, bad_sample_window: int = 1000):
+                 max_bad_fraction: float = 0.05, bad_sample_window: int = 1000, mix_by: str = "samples"):
         weights = _check_sources(sources)
         if int(seq_length) < 2:
             raise DataError(f"multimodal mixture: seq_length {seq_length} must be >= 2")
-        if too_long not in TOO_LONG_POLICIES:
-            raise DataError(f"too_long={too_long!r}: expected one of {', '.join(TOO_LONG_POLICIES)}")
+        _check_choice("too_long", too_long, TOO_LONG_POLICIES)
+        _check_choice("mix_by", mix_by, MIX_BY)
         if renderer is None:
             if tokenizer is None:
                 raise DataError("multimodal mixture: give a tokenizer or a renderer")
@@ -129,7 +139,7 @@ class MultimodalMixture:
         self.guard = BadDataGuard(max_bad_fraction, bad_sample_window)
         self.planner = Planner(self.sources, self.weights, self.seq_length, self.seed, renderer.image_cfg,
                                renderer.add_eod, self.bad, self.guard, formats, too_long, max_consecutive_skips,
-                               self.logger)
+                               self.logger, mix_by)
         self.stats = self.planner.stats
         try:
             self.pad = self.tokenizer.pad
@@ -235,6 +245,7 @@ class MultimodalMixture:
             "source_names": [s.name for s in self.sources],
             "sequences": p.sequences,
             "draws": p.draws,
+            "tokens": list(p.tokens),
             "sources": [s.state_dict() for s in self.sources],
             "pending": p.pending_state(),
             "bad_samples": self.bad.state_dict(),
@@ -260,6 +271,7 @@ class MultimodalMixture:
         for src, s in zip(self.sources, sources):
             src.load_state_dict(s)
         self.planner.draws, self.planner.sequences = draws, sequences
+        self.planner.tokens = [int(t) for t in state.get("tokens", [0] * len(self.sources))]
         stats = state.get("stats")
         if stats:
             self.stats.update({k: (list(v) if isinstance(v, list) else v) for k, v in stats.items()})

@@ -3,7 +3,8 @@ computed from lengths alone (the length indexes of the shards, the lengths of la
 documents), so every rank can afford to plan the whole global batch and read only its share.
 
 Draw j of the stream takes the next document of source k = choose(j), a pure function of
-(seed, j). A shard source's next sample is looked up in its index: unreadable samples (and
+(seed, j) (mix_by="samples"), or, with mix_by="tokens", of the tokens drawn so far per source
+(the source furthest below its token share). A shard source's next sample is looked up in its index: unreadable samples (and
 damaged shards) are reported and skipped within the draw, bad ones (schema, layout, an unreadable
 image header, a layout not in `formats`) are reported and cost the draw. Every sample counts for
 the bad-data guard (guard.py). The packing rules are the module notes of mixture.py.
@@ -57,11 +58,15 @@ class SequencePlan:
 class Planner:
     def __init__(self, sources: Sequence, weights: np.ndarray, seq_length: int, seed: int, image_cfg, add_eod: bool,
                  bad, guard: BadDataGuard, formats: Optional[Sequence[str]] = None, too_long: str = "truncate",
-                 max_consecutive_skips: int = 1000, logger: Optional[logging.Logger] = None):
+                 max_consecutive_skips: int = 1000, logger: Optional[logging.Logger] = None,
+                 mix_by: str = "samples"):
         self.sources = list(sources)
         self._is_text = [isinstance(s, LanguageSource) for s in self.sources]
         self._cum = np.cumsum(weights)
         self._choices = SourceChoices(seed, self._cum)
+        self._weights = np.asarray(weights, dtype=float)
+        self.mix_by = mix_by
+        self.tokens = [0] * len(self.sources)  # tokens drawn per source (mix_by="tokens" chooses by them)
         self.seq_length = int(seq_length)
         self.seed = int(seed)
         self.image_cfg = image_cfg
@@ -81,7 +86,11 @@ class Planner:
     # -- drawing -------------------------------------------------------------------------------
     def choose(self, draw: int) -> int:
         """Source of draw `draw`: a pure function of (seed, draw), u = default_rng([seed, draw])
-        .random() against the cumulative weights (draws.py computes it in blocks)."""
+        .random() against the cumulative weights (draws.py computes it in blocks); with
+        mix_by="tokens", the source whose drawn tokens are furthest below its weight."""
+        if self.mix_by == "tokens":
+            ratios = [t / w if w > 0 else np.inf for t, w in zip(self.tokens, self._weights)]
+            return int(np.argmin(ratios))
         return self._choices(draw)
 
     def _reject(self, k: int, shard: str, key: str, reason: str, kind: str = "bad sample") -> None:
@@ -134,6 +143,7 @@ class Planner:
             if doc is None or doc.length == 0:
                 continue
             self.stats["docs"][k] += 1
+            self.tokens[k] += doc.length
             return [doc, 0]
         raise DataError(f"multimodal mixture: {self.max_consecutive_skips} draws in a row gave no usable sample")
 

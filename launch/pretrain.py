@@ -70,6 +70,9 @@ def dry_run_encoder(cfg) -> int:
     for name, part in model.named_children():
         print(f"{name:<18} {sum(p.numel() for p in part.parameters()):>14,d} parameters")
     print(f"{'total':<18} {sum(p.numel() for p in model.parameters()):>14,d} parameters (+ classifier heads)")
+    if cfg.train.freeze:  # stage 0 can freeze only the ViT (RunConfig.validate)
+        trainable = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("vision_tower."))
+        print(f"{'trainable':<18} {trainable:>14,d} parameters (train.freeze={cfg.train.freeze})")
     return 0
 
 

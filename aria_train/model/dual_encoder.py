@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from aria_train.model.text_encoder import TextEncoder, TextEncoderConfig, init_linear_stack_
 from aria_train.model.vision import Grid, VisionTransformer
@@ -74,9 +75,25 @@ class DualEncoder(nn.Module):
 
     def pooled_images(self, patches: torch.Tensor, grid: Grid) -> torch.Tensor:
         """patches [T, C*p*p] packed, grid [(h_i, w_i)] -> [B, vision hidden]: each image's mean
-        ViT feature."""
-        features_TD = self.vision_tower(patches, grid)
-        return segment_mean(features_TD, [h * w for h, w in grid_list(grid)])
+        ViT feature.
+
+        vision.activation_checkpointing="crops" (training): the ViT runs on groups of
+        vision.checkpoint_crops images, each group a checkpoint region that keeps only its pixels
+        and pooled features, recomputed in backward on its own ("layer" is the ViT's own)."""
+        grid = grid_list(grid)
+        group = self.vision_cfg.checkpoint_crops
+        if not (self.vision_cfg.activation_checkpointing == "crops" and self.training and torch.is_grad_enabled()):
+            return self._pooled(patches, grid)
+        out, start = [], 0
+        for first in range(0, len(grid), group):
+            images = grid[first : first + group]
+            end = start + sum(h * w for h, w in images)
+            out.append(checkpoint(self._pooled, patches[start:end], images, use_reentrant=False))
+            start = end
+        return torch.cat(out)
+
+    def _pooled(self, patches: torch.Tensor, grid: list) -> torch.Tensor:
+        return segment_mean(self.vision_tower(patches, grid), [h * w for h, w in grid])
 
     def embed_images(self, patches: torch.Tensor, grid: Grid) -> torch.Tensor:
         """-> [B, H] image embeddings (not normalised)."""

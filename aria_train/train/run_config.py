@@ -68,15 +68,27 @@ class RunConfig:
             self.projector.validate(self.vision)
         self.train.validate()
         ExpertLayout(self.model.moe.num_experts, self.parallel.ep_size)  # ep_size must divide the experts
-        if self.stage == 0:  # each pair has its own global batch (train.*_batch_size are not used)
-            self.encoder.validate(world_size)
-            if self.multimodal:
-                raise ConfigError("stage 0 trains the encoder alone: multimodal must be false")
+        if self.stage == 0:
+            self._validate_encoder_stage(world_size)
         if world_size is not None:
             check_ep_divides_world(self.parallel.ep_size, world_size)
             if self.stage != 0:
                 self.train.check_batch_fits(world_size)
         return self
+
+    def _validate_encoder_stage(self, world_size: Optional[int]) -> None:
+        """Stage 0: each pair has its own global batch (train.*_batch_size are not used), and the
+        model is the dual encoder, which has no decoder to freeze or to load a decoder checkpoint into."""
+        self.encoder.validate(world_size)
+        if self.multimodal:
+            raise ConfigError("stage 0 trains the encoder alone: multimodal must be false")
+        if self.checkpoint.init_from_hf:
+            raise ConfigError("checkpoint.init_from_hf (--init-from-hf) loads an Aria decoder, which stage 0 does not "
+                              "have: start its ViT with vision.init_from")
+        other = [group for group in self.train.freeze if group != "vision"]
+        if other:
+            raise ConfigError(f"train.freeze={other} names parts stage 0 does not have: it can freeze only "
+                              f"'vision' (the ViT, so the text tower aligns to it)")
 
 
 def describe_run(cfg: RunConfig) -> RunDescription:

@@ -1,6 +1,7 @@
 """Stage 0's model: packed text tower without cross-talk, global average pooling, heads, and
 ViT parameter names that stage 2's model shares."""
 
+import dataclasses
 import math
 
 import torch
@@ -58,3 +59,30 @@ def test_vision_tower_names_are_stage_2s():
     ours = {k: v.shape for k, v in model.state_dict().items() if k.startswith("vision_tower.")}
     theirs = {k: v.shape for k, v in mm.state_dict().items() if k.startswith("vision_tower.")}
     assert ours == theirs and ours
+
+
+def test_vision_recompute_modes_give_the_same_features_and_gradients():
+    vision, _ = vision_preset("tiny")
+    g = torch.Generator().manual_seed(4)
+    images = [torch.randn(3, 42, 56, generator=g) for _ in range(5)]
+    patches, grid = pack_images(images, 14)
+    results = {}
+    for mode in ("none", "layer", "crops"):
+        cfg = dataclasses.replace(vision, activation_checkpointing=mode, checkpoint_crops=2)
+        model = build_dual_encoder(cfg, TEXT, vocab_size=50, embed_dim=24, classes={"a": 3}, seed=2)
+        model.train()
+        calls = []
+        model.vision_tower.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+        pooled = model.pooled_images(patches, grid)
+        model.classify("a", pooled).square().sum().backward()
+        if mode == "crops":  # groups of 2, 2 and 1 images (12 patches each), each run again in backward
+            assert calls[:3] == [24, 24, 12] and sorted(calls[3:]) == [12, 24, 24]
+        else:
+            assert calls == [60]
+        results[mode] = (pooled.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    base_pooled, base_grads = results["none"]
+    for mode in ("layer", "crops"):
+        pooled, grads = results[mode]
+        assert (pooled - base_pooled).abs().max().item() < 1e-6, mode
+        assert grads.keys() == base_grads.keys()
+        assert max((grads[n] - base_grads[n]).abs().max().item() for n in grads) < 1e-5, mode

@@ -34,6 +34,8 @@ def test_pipeline_config_resolves():
     ({"encoder.schedule": "random"}, "encoder.schedule='random' is not one of"),
     ({"encoder.init_temperature": 0.001}, "starts above encoder.max_logit_scale"),
     ({"multimodal": True}, "stage 0 trains the encoder alone"),
+    ({"checkpoint.init_from_hf": "/models/Aria"}, r"checkpoint.init_from_hf \(--init-from-hf\) loads an Aria decoder"),
+    ({"train.freeze": ["vision", "decoder"]}, r"train.freeze=\['decoder'\] names parts stage 0 does not have"),
 ])
 def test_bad_pairs_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -46,3 +48,23 @@ def test_launch_prints_the_error_and_exits_2():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: encoder.pairs[0] (captions, softmax): softmax classification")
+
+
+def test_dry_run_counts_the_dual_encoder():
+    """--dry-run applies to stage 0: the towers' and heads' parameters (a tiny ViT, the pipeline's text tower)."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "pretrain.py"), "--stage", "0", "--dry-run",
+                             "--set", "train.freeze=[vision]", "--set", "vision.activation_checkpointing=crops"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    cfg = build_config(0)
+    vit = sum(p.numel() for p in _tiny_vit(cfg).parameters())
+    rows = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert rows["vision_tower"].split()[0] == f"{vit:,}"
+    total = int(rows["total"].split()[0].replace(",", ""))
+    assert rows["trainable"].split()[0] == f"{total - vit:,}" and total > vit
+
+
+def _tiny_vit(cfg):
+    from aria_train.model.vision import VisionTransformer
+
+    return VisionTransformer(cfg.vision)

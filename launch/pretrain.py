@@ -53,9 +53,26 @@ def dry_run(args) -> int:
     from aria_train.plan.timing import DEFAULT_MFU
 
     cfg = with_checkpoint_shapes(build_config(args.stage, args.config, args.model, overrides_from_args(args)))
+    if cfg.stage == 0:  # the dual encoder has no decoder, experts or token budget to plan
+        return dry_run_encoder(cfg)
     world = args.world_size or cfg.parallel.min_world_size or 8
     check_ep_divides_world(cfg.parallel.ep_size, world, "--world-size")
     print(dry_run_report(cfg, world, mfu=args.mfu or DEFAULT_MFU))
+    return 0
+
+
+def dry_run_encoder(cfg) -> int:
+    """Stage 0: parameters per part of the dual encoder (classifier heads are sized by the data's
+    classes, so they are not counted here)."""
+    from aria_train.model.build import build_stage_model
+
+    model = build_stage_model(cfg, None)
+    for name, part in model.named_children():
+        print(f"{name:<18} {sum(p.numel() for p in part.parameters()):>14,d} parameters")
+    print(f"{'total':<18} {sum(p.numel() for p in model.parameters()):>14,d} parameters (+ classifier heads)")
+    if cfg.train.freeze:  # stage 0 can freeze only the ViT (RunConfig.validate)
+        trainable = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("vision_tower."))
+        print(f"{'trainable':<18} {trainable:>14,d} parameters (train.freeze={cfg.train.freeze})")
     return 0
 
 
@@ -97,21 +114,27 @@ def train(cfg) -> int:
         logger = MetricsLogger(cfg.logging, groups.rank, run_config=to_dict(cfg))
         logger.info(f"stage {cfg.stage} | {cfg.recipe} | preset {cfg.model.preset} | world {groups.world_size} | "
                     f"ep-size {groups.ep_size} | device {device.type}")
-        logger.info(f"tokens: {describe_budget(cfg)}")
+        if cfg.stage != 0:  # stage 0 counts samples per pair (encoder.pairs), not tokens
+            logger.info(f"tokens: {describe_budget(cfg)}")
         if cfg.parallel.min_world_size and groups.world_size < cfg.parallel.min_world_size:
             logger.info(f"note: world {groups.world_size} is below parallel.min_world_size "
                         f"{cfg.parallel.min_world_size}, the smallest this layout fits 80 GB GPUs at "
                         f"(see --dry-run --world-size {groups.world_size})")
 
-        data = build_stage_data(cfg, groups, logger)
+        if cfg.stage == 0:  # encoder pretraining: pairs of (dataset, objective), one per step
+            from aria_train.data.encoder.build import build_encoder_stage_data
 
-        model = build_stage_model(cfg, data.tokenizer)
+            data = build_encoder_stage_data(cfg, groups, logger)
+            model = build_stage_model(cfg, data.tokenizer, data.class_counts)
+        else:
+            data = build_stage_data(cfg, groups, logger)
+            model = build_stage_model(cfg, data.tokenizer)
         apply_expert_parallel(model, groups)
         model.to_empty(device=device)
         model.init_weights(cfg.train.seed)
-        if cfg.multimodal and cfg.vision.init_from:
-            init_vision_tower(model, cfg.vision.init_from)  # a resumed run's checkpoint overrides it
-            logger.info(f"vision tower initialised from {cfg.vision.init_from}")
+        if cfg.has_vision and cfg.vision.init_from:
+            source = init_vision_tower(model, cfg.vision.init_from)  # a resumed run's checkpoint overrides it
+            logger.info(f"vision tower initialised from {source}")
         if cfg.checkpoint.init_from_hf:  # so does it override this
             loaded = load_hf_weights(model, cfg.checkpoint.init_from_hf)
             logger.info(f"weights from transformers checkpoint {cfg.checkpoint.init_from_hf}: {loaded}")
@@ -125,8 +148,15 @@ def train(cfg) -> int:
         checkpointer = Checkpointer(cfg.checkpoint, groups, describe_run(cfg), logger)
         checkpointer.maybe_resume(parts)
 
-        callbacks = default_callbacks(cfg, device, checkpointer, stopper, data.valid_factory)
-        trainer = Trainer(cfg, parts, logger, device, groups, callbacks)
+        if cfg.stage == 0:
+            from aria_train.train.encoder.callbacks import encoder_callbacks
+            from aria_train.train.encoder.trainer import EncoderTrainer
+
+            callbacks = encoder_callbacks(cfg, device, data, checkpointer, stopper)
+            trainer = EncoderTrainer(cfg, parts, logger, device, groups, callbacks)
+        else:
+            callbacks = default_callbacks(cfg, device, checkpointer, stopper, data.valid_factory)
+            trainer = Trainer(cfg, parts, logger, device, groups, callbacks)
         history = trainer.fit()
         if history:
             logger.info(f"done: step {trainer.state.step}, first loss {history[0]['loss']:.4f}, "

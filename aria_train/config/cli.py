@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="launch/pretrain.py",
         description="Pretrain an ARIA-class MoE model; run with torchrun for several processes.",
     )
-    parser.add_argument("--stage", type=int, required=True, help="curriculum stage 1-4")
+    parser.add_argument("--stage", type=int, required=True, help="curriculum stage 1-4, or 0 (encoder pretraining)")
     parser.add_argument("--config", default=None, help="YAML file (default: the stage's pipelines/ config)")
     parser.add_argument("--model", default=None,
                         help="a recipe of the stage (pipelines/stageN_*/NAME.yaml: aria-25b, aria-25b-finetune, ...) "

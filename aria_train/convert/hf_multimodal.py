@@ -313,14 +313,42 @@ __all__ = [
 ]
 
 
-def init_vision_tower(model, path) -> None:
-    """Starts `model.vision_tower` from a SigLIP / Idefics3 vision checkpoint (the stage-2
-    `vision.init_from`); a position grid of another size is resized to the model's."""
+def init_vision_tower(model, path) -> str:
+    """Starts `model.vision_tower` from `vision.init_from`: a SigLIP / Idefics3 vision checkpoint
+    (safetensors), or an aria-train run or checkpoint directory holding a ViT (stage 0's
+    encoder pretraining, or a multimodal stage). A position grid of another size is resized to the
+    model's. Returns what was loaded, for the log."""
+    from aria_train.checkpoint.module_weights import holds_training_checkpoint
     from aria_train.errors import UserError
 
+    if holds_training_checkpoint(path):
+        return _init_from_training_checkpoint(model, path)
     try:
         loaded = load_siglip_vision(path, model.vision_cfg, interpolate_positions=True)
         model.vision_tower.load_state_dict(loaded.state_dict())
     except (ValueError, RuntimeError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"vision.init_from={path}: {first_line}") from None
+    return f"SigLIP/Idefics3 vision checkpoint {path}"
+
+
+_POSITIONS = "embeddings.position_embedding.weight"
+
+
+def _init_from_training_checkpoint(model, path) -> str:
+    from aria_train.checkpoint.module_weights import read_module
+    from aria_train.errors import UserError
+
+    tower = model.vision_tower.state_dict()
+    saved = read_module(path, "vision_tower.", list(tower))
+    for name, tensor in saved.tensors.items():
+        if name == _POSITIONS and tensor.shape != tower[name].shape and tensor.shape[1:] == tower[name].shape[1:]:
+            tensor = _resize_positions(tensor, model.vision_cfg.num_patches_per_side)
+        if tensor.shape != tower[name].shape:
+            raise UserError(f"vision.init_from={path}: {name} has shape {list(tensor.shape)} there, "
+                            f"{list(tower[name].shape)} here (the vision config must match the run that trained it)")
+        with torch.no_grad():
+            tower[name].copy_(tensor)
+    meta = saved.metadata
+    kind = "stage-0 encoder" if meta.get("stage") == 0 else f"stage-{meta.get('stage')}"
+    return f"{kind} checkpoint {saved.path} (iteration {meta.get('iteration')})"

@@ -33,8 +33,8 @@ from aria_train.data.image_tokens import (
     SIZE_TO_QUERIES,
     SPLIT_RATIOS,
     ImageCrops,
-    _keep_ratio_crop,
     _size,
+    keep_ratio_crop,
 )
 
 try:
@@ -108,7 +108,7 @@ def split_transformers(
     for y in range(0, res_h, tile):
         for x in range(0, res_w, tile):
             piece = _PILImage.fromarray(np.ascontiguousarray(canvas[y : y + tile, x : x + tile]))
-            crops.append(_keep_ratio_crop(piece, tile, min(min_size, tile), patch_size))
+            crops.append(keep_ratio_crop(piece, tile, min(min_size, tile), patch_size))
     grid = [(c.shape[1] // patch_size, c.shape[2] // patch_size) for c in crops]
     split = (math.ceil(res_h / tile), math.ceil(res_w / tile))
     return ImageCrops(crops=crops, grid=grid, queries=size_to_queries[tile], split=split)

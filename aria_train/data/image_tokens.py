@@ -163,7 +163,7 @@ def _size(image: ImageLike) -> tuple[int, int]:
     return int(image.shape[2]), int(image.shape[1])
 
 
-def _keep_ratio_crop(image: ImageLike, max_size: int, min_size: int, patch_size: int) -> torch.Tensor:
+def keep_ratio_crop(image: ImageLike, max_size: int, min_size: int, patch_size: int) -> torch.Tensor:
     """Long side -> max_size, short side -> max(int(short * scale), min_size); pad right/bottom to
     a multiple of the patch size; normalise. -> [3, H, W]"""
     width, height = _size(image)
@@ -200,7 +200,7 @@ def process_image(
         raise ValueError(f"crop size {size} has no query count in {size_to_queries}")
     width, height = _size(image)
     rows, cols = crop_grid(width, height, mode, tile_size, ratios)
-    crops = [_keep_ratio_crop(image, size, min_size, patch_size)]
+    crops = [keep_ratio_crop(image, size, min_size, patch_size)]
     if rows * cols > 1:
         tiled = (_resize(image, cols * size, rows * size) / 255.0 - IMAGE_MEAN) / IMAGE_STD
         for r in range(rows):
@@ -218,6 +218,7 @@ __all__ = [
     "count_image_tokens",
     "crop_grid",
     "image_token_ids",
+    "keep_ratio_crop",
     "process_image",
     "select_split",
 ]

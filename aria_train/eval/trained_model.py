@@ -20,12 +20,14 @@ def load_run_config(checkpoint_dir: Path) -> RunConfig:
     return load_saved_run_config(Path(checkpoint_dir) / "config.yaml")
 
 
-def load_trained_model(checkpoint: str, text_only: bool = False, rope_base: Optional[float] = None):
+def load_trained_model(checkpoint: str, text_only: bool = False, rope_base: Optional[float] = None,
+                       class_counts: Optional[dict] = None):
     """(model, cfg) from `checkpoint` (a save directory with `latest`, or an iter_ directory).
 
-    The stage's model as it was trained (the multimodal one for stages 2-4), or with text_only
-    the decoder alone (a multimodal checkpoint's language model). rope_base overrides the saved
-    base (e.g. to probe a stage-2 model at stage 3's base). CPU, eval mode."""
+    The stage's model as it was trained (the multimodal one for stages 2-4, the dual encoder for
+    stage 0, with a classifier head for each of `class_counts`), or with text_only the decoder
+    alone (a multimodal checkpoint's language model). rope_base overrides the saved base (e.g. to
+    probe a stage-2 model at stage 3's base). CPU, eval mode."""
     from aria_train.data.tokenizer import load_tokenizer
     from aria_train.model.build import build_stage_model
 
@@ -37,7 +39,7 @@ def load_trained_model(checkpoint: str, text_only: bool = False, rope_base: Opti
         cfg.model.rope_base = rope_base
     cfg.parallel.ep_size = 1
     tokenizer = load_tokenizer(cfg.data.tokenizer_model, cfg.data.tokenizer_type) if cfg.multimodal else None
-    model = build_stage_model(cfg, tokenizer)
+    model = build_stage_model(cfg, tokenizer, class_counts)
     model.to_empty(device="cpu")
     model.init_weights(cfg.train.seed)
     entries = ckpt_state.model_state(model)

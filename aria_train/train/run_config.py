@@ -32,9 +32,10 @@ from aria_train.optim.config import OptimizerConfig
 from aria_train.parallel.config import ParallelConfig, check_ep_divides_world
 from aria_train.train.budget import apply_token_budget
 from aria_train.train.config import LoggingConfig, ScheduleConfig, TrainConfig
+from aria_train.train.encoder_config import EncoderConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STAGE_DIRS = {1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_post"}
+STAGE_DIRS = {0: "stage0_encoder", 1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_post"}
 
 
 @dataclass
@@ -53,12 +54,18 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # stage 0 only
+
+    @property
+    def has_vision(self) -> bool:
+        """The run trains the ViT: stage 0 (encoder pretraining) and the multimodal stages."""
+        return self.multimodal or self.stage == 0
 
     def validate(self, world_size: Optional[int] = None) -> "RunConfig":
         """Checks that the sizes fit together; raises ConfigError naming the key."""
         self.model.validate()
         self.data.validate()
-        if self.multimodal:
+        if self.has_vision:
             self.vision.validate()
             self.projector.validate(self.vision)
             self.audio.validate(self.projector)
@@ -67,10 +74,27 @@ class RunConfig:
                                   f"vision.moe.num_experts={self.vision.moe.num_experts}")
         self.train.validate()
         ExpertLayout(self.model.moe.num_experts, self.parallel.ep_size)  # ep_size must divide the experts
+        if self.stage == 0:
+            self._validate_encoder_stage(world_size)
         if world_size is not None:
             check_ep_divides_world(self.parallel.ep_size, world_size)
-            self.train.check_batch_fits(world_size)
+            if self.stage != 0:
+                self.train.check_batch_fits(world_size)
         return self
+
+    def _validate_encoder_stage(self, world_size: Optional[int]) -> None:
+        """Stage 0: each pair has its own global batch (train.*_batch_size are not used), and the
+        model is the dual encoder, which has no decoder to freeze or to load a decoder checkpoint into."""
+        self.encoder.validate(world_size)
+        if self.multimodal:
+            raise ConfigError("stage 0 trains the encoder alone: multimodal must be false")
+        if self.checkpoint.init_from_hf:
+            raise ConfigError("checkpoint.init_from_hf (--init-from-hf) loads an Aria decoder, which stage 0 does not "
+                              "have: start its ViT with vision.init_from")
+        other = [group for group in self.train.freeze if group != "vision"]
+        if other:
+            raise ConfigError(f"train.freeze={other} names parts stage 0 does not have: it can freeze only "
+                              f"'vision' (the ViT, so the text tower aligns to it)")
 
 
 def describe_run(cfg: RunConfig) -> RunDescription:

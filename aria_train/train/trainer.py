@@ -62,7 +62,9 @@ class Trainer:
             self._call("pre_train")
             while self.state.step < self.cfg.train.train_iters and self.stop_reason is None:
                 metrics = self.train_step(self._next_global_batch())
-                self.state.advance(self.cfg.train.global_batch_size, skipped=metrics["skipped"])
+                # a step's samples: the global batch, or what the step says it took (stage 0's pairs)
+                samples = metrics.get("global_samples", self.cfg.train.global_batch_size)
+                self.state.advance(samples, skipped=metrics["skipped"])
                 self.history.append(metrics)
                 self._call("post_step", metrics)
             if self.stop_reason:

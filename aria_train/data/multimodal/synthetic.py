@@ -111,6 +111,30 @@ def draw_scene(scene: Scene):
     return img
 
 
+# Classes of the labelled demo (stage 0): one colour and one shape, e.g. "red circle" (class 0).
+CLASS_NAMES = tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+
+
+def labelled_scene(rng: np.random.Generator, label: int, size: int = 70) -> Scene:
+    """A scene of class `label` (CLASS_NAMES): 1-3 shapes of its colour and kind on one side."""
+    color, shape = CLASS_NAMES[label].split(" ")
+    side = SIDES[int(rng.integers(2))]
+    count = int(rng.integers(1, 4))
+    cells = [(c, r) for c in _COLS[side] for r in _ROWS]
+    chosen = sorted(rng.choice(len(cells), size=count, replace=False).tolist())
+    slots = [(round(cells[i][0] * size), round(cells[i][1] * size)) for i in chosen]
+    return Scene(size, [Group(shape, color, count, side, slots)])
+
+
+def labelled_sample(seed: int, index: int, size: int = 70) -> tuple[int, object, Scene]:
+    """(class index, PIL image, scene) of labelled demo sample `index`: a pure function of
+    (seed, index); classes are uniform over CLASS_NAMES."""
+    rng = np.random.default_rng([int(seed), int(index), len(CLASS_NAMES)])
+    label = int(rng.integers(len(CLASS_NAMES)))
+    scene = labelled_scene(rng, label, size)
+    return label, draw_scene(scene), scene
+
+
 def _video(rng: np.random.Generator, size: int, frames: int = 3) -> tuple[list, str]:
     shape, color = SHAPES[int(rng.integers(len(SHAPES)))], list(COLORS)[int(rng.integers(len(COLORS)))]
     rightward = bool(rng.integers(2))

@@ -1,10 +1,15 @@
 """Pretrain an ARIA-class MoE model for one curriculum stage.
 
-    torchrun --nproc_per_node=2 launch/pretrain.py --stage 1
+    python launch/run.py --nproc_per_node=2 launch/pretrain.py --stage 1   (torchrun, root cause last)
     python launch/pretrain.py --stage 1 --model aria-25b --dry-run
 
-The story of a run: config -> process groups -> data -> model (with expert parallelism applied
-from outside) -> optimizer -> resume -> train -> checkpoint.
+The story of a run: config -> process groups -> run directory -> data -> model (with expert
+parallelism applied from outside) -> optimizer -> resume -> train -> checkpoint.
+
+Errors a user can fix (ConfigError, DataError, UserError) print one `error: ...` line (rank 0)
+and exit 2; every failing rank also leaves the line in torchrun's error file
+(aria_train.errors.record_error), which launch/run.py prints last. Anything else is recorded with
+its traceback the way torch.distributed.elastic's `@record` does, and raised.
 """
 
 import os
@@ -13,19 +18,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aria_train.config import ConfigError  # noqa: E402
-from aria_train.config.loader import to_dict  # noqa: E402
-from aria_train.train.run_config import build_config  # noqa: E402
-from aria_train.config.cli import overrides_from_args, parse_args  # noqa: E402
-from aria_train.data.errors import DataError  # noqa: E402
-from aria_train.errors import UserError  # noqa: E402
+from aria_train.config.cli import parse_args  # noqa: E402  (argparse only: --help stays fast)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from aria_train.config import ConfigError
+    from aria_train.data.errors import DataError
+    from aria_train.errors import UserError, record_error
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     try:
+        from aria_train.config.cli import overrides_from_args
+        from aria_train.train.run_config import build_config
+
         if args.dry_run:
             return dry_run(args)
         cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args), world_size=world)
@@ -33,11 +40,24 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, UserError) as error:
         if rank == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
+        record_error(f"error: {error}")
         return 2
+    except Exception as error:
+        _record_traceback(error)
+        raise
     finally:
         # After the except clause, so a handled error's traceback no longer keeps train()'s frames
         # (model, optimizer, process groups) alive: see aria_train.parallel.distributed.shutdown.
         _shutdown_distributed()
+
+
+def _record_traceback(error: BaseException) -> None:
+    """What torch.distributed.elastic's `@record` does for an unexpected error: its message and
+    traceback in torchrun's error file, for torchrun's summary and launch/run.py."""
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(error)
 
 
 def _shutdown_distributed() -> None:
@@ -51,6 +71,8 @@ def dry_run(args) -> int:
     from aria_train.accounting import count_parameters, dry_run_memory_report, format_report, memory_per_rank
     from aria_train.model.decoder import build_model
     from aria_train.parallel.config import check_ep_divides_world
+    from aria_train.train.run_config import build_config
+    from aria_train.config.cli import overrides_from_args
 
     world = args.world_size or 8
     # Batch sizes do not enter the accounting, so only the expert layout is checked against world.
@@ -67,7 +89,9 @@ def dry_run(args) -> int:
 def train(cfg) -> int:
     import torch
 
+    from aria_train.accounting import checkpoint_bytes, count_parameters
     from aria_train.checkpoint import Checkpointer, TrainingParts
+    from aria_train.config import to_dict
     from aria_train.convert.hf_multimodal import init_vision_tower
     from aria_train.data.stage_data import build_stage_data
     from aria_train.model.build import build_stage_model
@@ -78,6 +102,7 @@ def train(cfg) -> int:
     from aria_train.train.callbacks import default_callbacks
     from aria_train.train.metrics import MetricsLogger
     from aria_train.train.run_config import describe_run
+    from aria_train.train.run_dir import check_checkpoint_fits, prepare_run_paths
     from aria_train.train.state import TrainState
     from aria_train.train.stopping import StopController
     from aria_train.train.trainer import Trainer
@@ -87,13 +112,16 @@ def train(cfg) -> int:
     try:
         torch.manual_seed(cfg.train.seed)
         groups = init_parallel_groups(cfg.parallel.ep_size)
+        paths = prepare_run_paths(cfg, groups)  # refuses another run's directories; probes them
         logger = MetricsLogger(cfg.logging, groups.rank, run_config=to_dict(cfg))
         logger.info(f"stage {cfg.stage} | preset {cfg.model.preset} | world {groups.world_size} | "
                     f"ep-size {groups.ep_size} | device {device.type}")
+        logger.info(paths.describe())
 
         data = build_stage_data(cfg, groups, logger)
 
         model = build_stage_model(cfg, data.tokenizer)
+        check_checkpoint_fits(cfg.checkpoint.save, checkpoint_bytes(count_parameters(model, cfg.model)), groups)
         apply_expert_parallel(model, groups)
         model.to_empty(device=device)
         model.init_weights(cfg.train.seed)
@@ -111,8 +139,9 @@ def train(cfg) -> int:
         trainer = Trainer(cfg, parts, logger, device, groups, callbacks)
         history = trainer.fit()
         if history:
-            logger.info(f"done: step {trainer.state.step}, first loss {history[0]['loss']:.4f}, "
-                        f"last loss {history[-1]['loss']:.4f}")
+            first, last = history[0], history[-1]
+            logger.info(f"done: step {trainer.state.step}, first loss {first['loss']:.4f} (step {first['step']}), "
+                        f"last loss {last['loss']:.4f} (step {last['step']})")
         optimizer.close()
         logger.close()
         return 0

@@ -29,7 +29,7 @@ from aria_train.model.vision_config import ProjectorConfig, VisionConfig
 from aria_train.moe.layout import ExpertLayout
 from aria_train.optim.config import OptimizerConfig
 from aria_train.parallel.config import ParallelConfig, check_ep_divides_world
-from aria_train.train.config import LoggingConfig, ScheduleConfig, TrainConfig
+from aria_train.train.config import LoggingConfig, RunDirConfig, ScheduleConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE_DIRS = {1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_post"}
@@ -49,6 +49,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunDirConfig = field(default_factory=RunDirConfig)
 
     def validate(self, world_size: Optional[int] = None) -> "RunConfig":
         """Checks that the sizes fit together; raises ConfigError naming the key."""

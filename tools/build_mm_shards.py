@@ -8,7 +8,7 @@
     python tools/build_mm_shards.py synthetic --out shards/ --num-samples 1000 [--seed 0] [--size 70]
         [--kind caption|ocr_qa|interleaved|video]
 
-    # count samples per kind and bad samples in existing shards
+    # count samples per kind, decode every image, count the bad samples and images (one line each)
     python tools/build_mm_shards.py inspect shards/
 """
 
@@ -21,6 +21,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aria_train.data.errors import DataError  # noqa: E402
+
+
+def inspect(shards: list) -> dict:
+    """Reads every sample and decodes every image (as training would): counts per kind, bad
+    samples (unreadable JSON, damaged tar, an image that does not decode) and bad images."""
+    import io
+
+    from PIL import Image
+
+    from aria_train.data.multimodal.errors import BadSamples
+    from aria_train.data.multimodal.shards import list_shards, read_shard
+
+    bad, kinds, samples, images, bad_images = BadSamples(log_first=20), {}, 0, 0, 0
+    for path in list_shards(shards):
+        for _, sample in read_shard(path, bad):
+            kind = sample.meta.get("kind") if isinstance(sample.meta, dict) else None
+            kinds[str(kind)] = kinds.get(str(kind), 0) + 1
+            samples += 1
+            broken = []
+            for index, data in sorted(sample.images.items()):
+                images += 1
+                try:
+                    with Image.open(io.BytesIO(data)) as image:
+                        image.load()
+                except Exception as error:  # PIL raises many types for bad data
+                    broken.append(f"image {index}: {error or type(error).__name__}")
+            if broken:
+                bad_images += len(broken)
+                bad.report(path, sample.key, "; ".join(broken))
+    return {"samples": samples, "kinds": kinds, "images": images, "bad_images": bad_images,
+            "bad_samples": bad.count, "bad_by_reason": dict(bad.by_reason)}
 
 
 def main(argv=None) -> int:
@@ -42,7 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples-per-shard", type=int, default=250)
     p.add_argument("--kind", default=None, help="only this kind (default: a mix)")
     p.add_argument("--prefix", default="synthetic")
-    p = sub.add_parser("inspect", help="count samples per kind and bad samples")
+    p = sub.add_parser("inspect", help="count samples per kind; decode every image; count bad samples and images")
     p.add_argument("shards", nargs="+")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -59,16 +90,7 @@ def main(argv=None) -> int:
                                             args.samples_per_shard, args.kind, args.prefix)
             out = {"shards": shards, "samples": args.num_samples}
         else:
-            from aria_train.data.multimodal.errors import BadSamples
-            from aria_train.data.multimodal.shards import list_shards, read_shard
-
-            bad, kinds, n = BadSamples(), {}, 0
-            for path in list_shards(args.shards):
-                for _, sample in read_shard(path, bad):
-                    kind = sample.meta.get("kind") if isinstance(sample.meta, dict) else None
-                    kinds[str(kind)] = kinds.get(str(kind), 0) + 1
-                    n += 1
-            out = {"samples": n, "kinds": kinds, "bad_samples": bad.count}
+            out = inspect(args.shards)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -87,7 +87,7 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     shard_sets = _multimodal_shard_sets(cfg, groups, logger)
     total_mm = sum(weight for weight, _ in shard_sets)
 
-    def mixture(language_set, split_seed: int) -> MultimodalMixture:
+    def mixture(language_set, split_seed: int, log_bad: tuple[int, bool]) -> MultimodalMixture:
         sources = []
         if data_cfg.language_weight > 0:
             sources.append((data_cfg.language_weight, LanguageSource(language_set)))
@@ -95,18 +95,20 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
             share = (1.0 - data_cfg.language_weight) * weight / total_mm
             sources.append((share, ShardSource(directory, seed=split_seed)))
         return MultimodalMixture(sources, data_cfg.seq_length, split_seed, tokenizer=tokenizer, image_cfg=image_cfg,
-                                 on_bad_sample=data_cfg.on_bad_sample)
+                                 on_bad_sample=data_cfg.on_bad_sample, log_bad=log_bad)
 
-    def batches(language_set, split_seed: int) -> MultimodalMicroBatchIterator:
-        return MultimodalMicroBatchIterator(mixture(language_set, split_seed), train_cfg.global_batch_size,
+    def batches(language_set, split_seed: int, log_bad=(0, False)) -> MultimodalMicroBatchIterator:
+        return MultimodalMicroBatchIterator(mixture(language_set, split_seed, log_bad), train_cfg.global_batch_size,
                                             train_cfg.micro_batch_size, groups.rank, groups.world_size)
 
     valid_factory = None
     if valid_set is not None and eval_rounds:
         # Validation draws from the same shards with another seed: a held-out order, not held-out
-        # data; point data.mm_data_path at separate shards for a true held-out set.
+        # data; point data.mm_data_path at separate shards for a true held-out set. Its bad samples
+        # are the training data's, already logged: it logs none.
         valid_factory = lambda: batches(valid_set, train_cfg.seed + 1)  # noqa: E731
-    return StageData(batches(train_set, train_cfg.seed), valid_factory, tokenizer)
+    # Damage every rank sees is logged by rank 0; pixel decode failures by the rank that decodes.
+    return StageData(batches(train_set, train_cfg.seed, log_bad=(10, groups.rank == 0)), valid_factory, tokenizer)
 
 
 def _multimodal_shard_sets(cfg, groups, logger) -> list[tuple[float, str]]:

@@ -145,6 +145,7 @@ class MultimodalMixture:
         too_long: str = "truncate",
         logger: Optional[logging.Logger] = None,
         max_consecutive_skips: int = 1000,
+        log_bad: tuple[int, bool] = (10, True),  # BadSamples' (log_first, log_shared)
     ):
         if not sources:
             raise DataError("multimodal mixture: no sources")
@@ -173,7 +174,8 @@ class MultimodalMixture:
         self.too_long = too_long
         self.logger = logger or LOG
         self.max_consecutive_skips = max_consecutive_skips
-        self.bad = BadSamples(on_bad_sample, self.logger)  # shared: replaces the shard sources' own
+        # One counter for every source: replaces the shard sources' own.
+        self.bad = BadSamples(on_bad_sample, self.logger, log_first=log_bad[0], log_shared=log_bad[1])
         for src in self.sources:
             if isinstance(src, ShardSource):
                 src.bad = self.bad
@@ -289,7 +291,7 @@ class MultimodalMixture:
                 try:
                     out = self.renderer.load_crops(img)
                 except BadSample as err:
-                    self.bad.report(p.sample.shard, p.sample.key, str(err))  # raises in error mode
+                    self.bad.report(p.sample.shard, p.sample.key, str(err), shared=False)  # raises in error mode
                     out = self.renderer.blank_crops(img)
                     seq.target[p.offset : p.offset + p.length] = False  # no loss on this sample
                 crops.extend(out.crops)

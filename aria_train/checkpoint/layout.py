@@ -198,7 +198,10 @@ def resolve_load_dir(path: str | Path, key: str = "checkpoint.load") -> Path:
     (one line, naming `key` and the path) when there is none."""
     given = Path(path)
     if not given.exists() and not checkpoint_root(given).exists():
-        raise UserError(f"{key}={given}: no such directory")
+        hint = ""
+        if "init_from" in key:
+            hint = " (the run this stage starts from: --set checkpoint.init_from=runs/<run name>)"
+        raise UserError(f"{key}={given}: no such directory{hint}")
     path = checkpoint_root(given)
     if not path.is_dir():
         raise UserError(f"{key}={path}: not a directory")

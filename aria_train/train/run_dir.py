@@ -12,6 +12,7 @@
 `logging.log_dir` (default "{run_dir}") and `checkpoint.save` may point elsewhere; "{run_dir}" in
 either stands for the run directory, "" as `checkpoint.save` saves nothing. Before any data is
 read, rank 0 checks (and every rank learns the outcome):
+  - the checkpoint the run starts from (`checkpoint.load`, or `checkpoint.init_from`) exists;
   - the save directory holds no other run's checkpoints and the log directory no other run's
     metrics, unless this run resumes (`checkpoint.load` names the save directory or its run;
     for metrics, any `checkpoint.load`) or `run.overwrite` is set;
@@ -22,6 +23,7 @@ and once the model is built, that the save directory's filesystem has room for o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -33,7 +35,7 @@ from typing import Callable, Optional
 import torch.distributed as dist
 
 from aria_train.checkpoint import layout
-from aria_train.checkpoint.resume import holds_checkpoint, same_dir
+from aria_train.checkpoint.resume import holds_checkpoint, load_source, same_dir
 from aria_train.errors import UserError
 from aria_train.parallel.groups import ParallelGroups
 
@@ -91,6 +93,9 @@ def check_paths(paths: RunPaths, cfg) -> None:
     if not overwrite and not load and _has_records(metrics):
         raise UserError(f"logging.log_dir={paths.log_dir} already holds another run's {METRICS_FILE}; resume "
                         f"that run with --load, choose another --run-name or --log-dir, or pass --overwrite")
+    source, _, key = load_source(dataclasses.replace(cfg.checkpoint, save=paths.save), cfg.stage, lambda _: None)
+    if source:  # the checkpoint the run starts from exists (the checkpointer reads it later)
+        layout.resolve_load_dir(source, key)
     probe_writable(Path(paths.log_dir), "logging.log_dir")
     if paths.save:
         probe_writable(Path(paths.save), "checkpoint.save")

@@ -82,6 +82,7 @@ def test_another_runs_metrics_are_refused(cfg):
     (run_dir.Path(paths.log_dir) / "metrics.jsonl").write_text('{"step": 1, "loss": 7.0}\n')
     with pytest.raises(UserError, match=r"^logging.log_dir=runs/m already holds another run's metrics.jsonl; "):
         run_dir.check_paths(paths, cfg)
+    _fake_checkpoint(run_dir.Path("runs/other/checkpoints"), 5)
     cfg.checkpoint.load = "runs/other"  # a resumed run keeps its records up to the step it resumes
     run_dir.check_paths(paths, cfg)
 
@@ -131,4 +132,19 @@ def test_run_directories_stand_for_their_checkpoints(tmp_path):
     assert layout.resolve_load_dir(tmp_path / "run" / "iter_0000007") == nested
     with pytest.raises(UserError) as error:
         layout.resolve_load_dir(tmp_path / "none", "checkpoint.init_from")
-    assert str(error.value) == f"checkpoint.init_from={tmp_path}/none: no such directory"
+    assert str(error.value) == (f"checkpoint.init_from={tmp_path}/none: no such directory (the run this stage "
+                                "starts from: --set checkpoint.init_from=runs/<run name>)")
+
+
+def test_the_checkpoint_a_run_starts_from_is_checked_first(cfg):
+    cfg.stage, cfg.checkpoint.init_from, cfg.run.name = 2, "runs/stage1", "s2"
+    paths = run_dir.resolve_paths(cfg)
+    with pytest.raises(UserError) as error:
+        run_dir.check_paths(paths, cfg)
+    assert str(error.value) == ("checkpoint.init_from=runs/stage1: no such directory (the run this stage starts "
+                                "from: --set checkpoint.init_from=runs/<run name>)")
+    _fake_checkpoint(run_dir.Path("runs/stage1/checkpoints"), 3)
+    run_dir.check_paths(paths, cfg)
+    cfg.checkpoint.load = "runs/s2"  # a resumed stage continues its own run: it must exist
+    with pytest.raises(UserError, match=r"^checkpoint.load=runs/s2: no such directory$"):
+        run_dir.check_paths(paths, cfg)

@@ -18,7 +18,8 @@ changes only what happens at the end.
   this launcher. (Plain torchrun dies of SIGUSR1, and on SIGTERM forwards it to the workers,
   waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds for them, then raises SignalException: a
   traceback and exit 1 even when they saved.) torchrun is told to leave these two alone with
-  its `--signals-to-handle` option. Repeated signals are forwarded again (harmless).
+  its `--signals-to-handle` option. Repeated signals are forwarded again (harmless). A SIGTERM
+  before any worker runs (start-up, rendezvous) stops the launcher: exit 143.
 - SIGINT (Ctrl-C), SIGHUP, SIGQUIT: torchrun's handling (the workers get the signal, then
   SIGKILL after TORCH_ELASTIC_SHUTDOWN_TIMEOUT); one line and exit 128 + the signal number. This
   is also the way out when workers do not stop on SIGTERM.
@@ -68,6 +69,12 @@ class SignalForwarder:
         if name not in self.received:
             self.received.append(name)
         workers = worker_pids()
+        if not workers and signum == signal.SIGTERM:  # no worker to save anything: stop here
+            if "torch.distributed.elastic.multiprocessing.api" not in sys.modules:
+                raise SystemExit(128 + signum)  # still starting up
+            from torch.distributed.elastic.multiprocessing.api import SignalException
+
+            raise SignalException(f"{name} before the workers started", sigval=signal.Signals(signum))
         print(f"launch/run.py: {name}: forwarding it to the workers {workers}; they stop after "
               f"saving at the end of the step", file=sys.stderr, flush=True)
         for pid in workers:

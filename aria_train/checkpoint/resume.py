@@ -162,9 +162,8 @@ def write_error_cause(root: Path, error: BaseException) -> str:
     existing = Path(root)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if free < _NEARLY_FULL_BYTES:
-        return f"no space left on device ({free} bytes free)"
+    if shutil.disk_usage(existing).free < _NEARLY_FULL_BYTES:  # the short write of a full disk
+        return "no space left on device"
     for exc in causes:
         if isinstance(exc, OSError) and exc.strerror:
             return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")

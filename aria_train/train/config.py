@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from aria_train.config import ConfigError, require_positive
+from aria_train.model.freeze import FreezeGroup
 
 
 @dataclass
@@ -23,6 +24,11 @@ class TrainConfig:
     exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # save, then exit 0
     max_nonfinite_steps: int = 5  # consecutive NaN/Inf steps (skipped) before the run stops
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    # A stage's length in tokens, as papers state it: train_iters and global_batch_size follow
+    # (aria_train.train.budget) unless given explicitly, which then wins (with a note).
+    token_budget: Optional[int] = None  # tokens to train on; train_iters = ceil(budget / tokens per step)
+    global_batch_tokens: Optional[int] = None  # tokens per step; global_batch_size = this / data.seq_length
+    freeze: list[FreezeGroup] = field(default_factory=list)  # no gradient, no optimizer state (model/freeze.py)
 
     def validate(self) -> "TrainConfig":
         require_positive(self, "train", "train_iters", "micro_batch_size", "global_batch_size")

@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+")
     p.add_argument("--image-root", default=None, help="image folder of JSON / JSONL files (default: their folder)")
     p.add_argument("--jobs", type=int, default=1, help="processes indexing in parallel")
-    p = sub.add_parser("inspect", help="count samples per layout and kind; decode every image; count bad samples and images")
+    p = sub.add_parser("inspect", help="count samples per layout and kind; decode every image; "
+                                       "count bad samples and images")
     p.add_argument("shards", nargs="+")
     for p in sub.choices.values():
         p.add_argument("--tokenizer-type", default="sentencepiece")

@@ -148,3 +148,20 @@ def test_the_checkpoint_a_run_starts_from_is_checked_first(cfg):
     cfg.checkpoint.load = "runs/s2"  # a resumed stage continues its own run: it must exist
     with pytest.raises(UserError, match=r"^checkpoint.load=runs/s2: no such directory$"):
         run_dir.check_paths(paths, cfg)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_the_aria_25b_recipes_name_their_runs_and_chain(cfg, stage):
+    """Each recipe writes under runs/aria-25b/stageN (its own run) and stages 2-4 start from the
+    previous stage's run, not from a shared default directory."""
+    recipe = build_config(stage, None, "aria-25b", [])
+    paths = run_dir.resolve_paths(recipe)
+    assert paths.run_dir == f"runs/aria-25b/stage{stage}"
+    assert (paths.save, paths.log_dir) == (f"runs/aria-25b/stage{stage}/checkpoints", f"runs/aria-25b/stage{stage}")
+    assert recipe.checkpoint.init_from == ("" if stage == 1 else f"runs/aria-25b/stage{stage - 1}")
+
+
+@pytest.mark.parametrize("model", ["aria-25b-finetune", "aria-25b-finetune-1gpu"])
+def test_the_finetune_recipes_name_their_runs(cfg, model):
+    paths = run_dir.resolve_paths(build_config(4, None, model, []))
+    assert (paths.run_dir, paths.save) == (f"runs/{model}", f"runs/{model}/checkpoints")

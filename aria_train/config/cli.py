@@ -43,7 +43,9 @@ FLAG_HELP = {
     "seq_length": "tokens per training sequence",
     "data_path": "Megatron data: PREFIX, or WEIGHT PREFIX WEIGHT PREFIX ... (default: the demo corpus)",
     "split": "train,valid,test weights, e.g. 969,30,1",
-    "tokenizer_model": "sentencepiece model (default: the demo tokenizer)",
+    "tokenizer_model": "sentencepiece .model file, or a transformers tokenizer directory with --tokenizer-type "
+                       "huggingface (default: the demo tokenizer)",
+    "tokenizer_type": "sentencepiece or huggingface (Megatron's names work too: HuggingFaceTokenizer, ...)",
     "lr": "peak learning rate",
     "min_lr": "learning rate at the end of the decay",
     "clip_grad": "gradient-norm clipping threshold",

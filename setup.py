@@ -16,6 +16,7 @@ setup(
         "pyyaml",
         "wandb",
         "transformers>=5.0",
+        "tokenizers",  # tools/convert_hf.py writes the tokenizer as tokenizer.json
         "safetensors",
         "pillow",
         "matplotlib",  # tools/expert_heatmap.py

@@ -98,6 +98,13 @@ def count_encoder_parameters(tower: nn.Module, moe_layers: list, moe_cfg) -> Enc
     return EncoderCounts(total, routed, list(moe_layers), total - routed + routed * share)
 
 
+def checkpoint_bytes(counts: ParameterCounts, weight_bytes: int = 4, optimizer_bytes: int = 12) -> int:
+    """Bytes one checkpoint takes on disk, all ranks' files together: every parameter once (DCP
+    writes a replicated tensor once) in fp32 and its optimizer state (fp32 master + two AdamW
+    moments), whatever the layout; the train-state, data-position and RNG entries are a few KiB."""
+    return counts.total * (weight_bytes + optimizer_bytes)
+
+
 def format_report(counts: ParameterCounts, memory: RankMemory, world_size: int, ep_size: int, preset: str) -> str:
     lines = [
         f"model preset                 {preset}",

@@ -1,10 +1,15 @@
 """Pretrain an ARIA-class MoE model for one curriculum stage.
 
-    torchrun --nproc_per_node=2 launch/pretrain.py --stage 1
+    python launch/run.py --nproc_per_node=2 launch/pretrain.py --stage 1   (torchrun, root cause last)
     python launch/pretrain.py --stage 1 --model aria-25b --dry-run
 
-The story of a run: config -> process groups -> data -> model (with expert parallelism applied
-from outside) -> optimizer -> resume -> train -> checkpoint.
+The story of a run: config -> process groups -> run directory -> data -> model (with expert
+parallelism applied from outside) -> optimizer -> resume -> train -> checkpoint.
+
+Errors a user can fix (ConfigError, DataError, UserError) print one `error: ...` line (rank 0)
+and exit 2; every failing rank also leaves the line in torchrun's error file
+(aria_train.errors.record_error), which launch/run.py prints last. Anything else is recorded with
+its traceback the way torch.distributed.elastic's `@record` does, and raised.
 """
 
 import os
@@ -13,19 +18,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aria_train.config import ConfigError  # noqa: E402
-from aria_train.config.loader import to_dict  # noqa: E402
-from aria_train.train.run_config import build_config  # noqa: E402
-from aria_train.config.cli import overrides_from_args, parse_args  # noqa: E402
-from aria_train.data.errors import DataError  # noqa: E402
-from aria_train.errors import UserError  # noqa: E402
+from aria_train.config.cli import parse_args  # noqa: E402  (argparse only: --help stays fast)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from aria_train.config import ConfigError
+    from aria_train.data.errors import DataError
+    from aria_train.errors import UserError, record_error
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     try:
+        from aria_train.config.cli import overrides_from_args
+        from aria_train.train.run_config import build_config
+
         if args.dry_run:
             return dry_run(args)
         cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args), world_size=world)
@@ -33,11 +40,24 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, UserError) as error:
         if rank == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
+        record_error(f"error: {error}")
         return 2
+    except Exception as error:
+        _record_traceback(error)
+        raise
     finally:
         # After the except clause, so a handled error's traceback no longer keeps train()'s frames
         # (model, optimizer, process groups) alive: see aria_train.parallel.distributed.shutdown.
         _shutdown_distributed()
+
+
+def _record_traceback(error: BaseException) -> None:
+    """What torch.distributed.elastic's `@record` does for an unexpected error: its message and
+    traceback in torchrun's error file, for torchrun's summary and launch/run.py."""
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(error)
 
 
 def _shutdown_distributed() -> None:
@@ -48,9 +68,11 @@ def _shutdown_distributed() -> None:
 
 
 def dry_run(args) -> int:
+    from aria_train.config.cli import overrides_from_args
     from aria_train.parallel.config import check_ep_divides_world
     from aria_train.plan.report import dry_run_report
     from aria_train.plan.timing import DEFAULT_MFU
+    from aria_train.train.run_config import build_config
 
     cfg = with_checkpoint_shapes(build_config(args.stage, args.config, args.model, overrides_from_args(args)))
     if cfg.stage == 0:  # the dual encoder has no decoder, experts or token budget to plan
@@ -88,7 +110,9 @@ def with_checkpoint_shapes(cfg, world_size=None):
 def train(cfg) -> int:
     import torch
 
+    from aria_train.accounting import checkpoint_bytes, count_parameters
     from aria_train.checkpoint import Checkpointer, TrainingParts
+    from aria_train.config import to_dict
     from aria_train.convert.hf_init import load_hf_weights
     from aria_train.convert.hf_multimodal import init_vision_tower
     from aria_train.data.stage_data import build_stage_data
@@ -102,6 +126,7 @@ def train(cfg) -> int:
     from aria_train.train.metrics import MetricsLogger
     from aria_train.train.budget import describe_budget
     from aria_train.train.run_config import describe_run
+    from aria_train.train.run_dir import check_checkpoint_fits, prepare_run_paths
     from aria_train.train.state import TrainState
     from aria_train.train.stopping import StopController
     from aria_train.train.trainer import Trainer
@@ -111,9 +136,11 @@ def train(cfg) -> int:
     try:
         torch.manual_seed(cfg.train.seed)
         groups = init_parallel_groups(cfg.parallel.ep_size)
+        paths = prepare_run_paths(cfg, groups)  # refuses another run's directories; probes them
         logger = MetricsLogger(cfg.logging, groups.rank, run_config=to_dict(cfg))
         logger.info(f"stage {cfg.stage} | {cfg.recipe} | preset {cfg.model.preset} | world {groups.world_size} | "
                     f"ep-size {groups.ep_size} | device {device.type}")
+        logger.info(paths.describe())
         if cfg.stage != 0:  # stage 0 counts samples per pair (encoder.pairs), not tokens
             logger.info(f"tokens: {describe_budget(cfg)}")
         if cfg.parallel.min_world_size and groups.world_size < cfg.parallel.min_world_size:
@@ -129,6 +156,7 @@ def train(cfg) -> int:
         else:
             data = build_stage_data(cfg, groups, logger)
             model = build_stage_model(cfg, data.tokenizer)
+        check_checkpoint_fits(cfg.checkpoint.save, checkpoint_bytes(count_parameters(model, cfg.model)), groups)
         apply_expert_parallel(model, groups)
         model.to_empty(device=device)
         model.init_weights(cfg.train.seed)
@@ -159,8 +187,9 @@ def train(cfg) -> int:
             trainer = Trainer(cfg, parts, logger, device, groups, callbacks)
         history = trainer.fit()
         if history:
-            logger.info(f"done: step {trainer.state.step}, first loss {history[0]['loss']:.4f}, "
-                        f"last loss {history[-1]['loss']:.4f}")
+            first, last = history[0], history[-1]
+            logger.info(f"done: step {trainer.state.step}, first loss {first['loss']:.4f} (step {first['step']}), "
+                        f"last loss {last['loss']:.4f} (step {last['step']})")
         optimizer.close()
         logger.close()
         return 0

@@ -12,7 +12,8 @@
     # (WebDataset/img2dataset, LLaVA, messages, OBELICS, ours); training builds missing ones itself
     python tools/build_mm_shards.py index shards/ [more shards or files...] [--jobs 4] [--image-root DIR]
 
-    # count samples per layout and kind, and bad samples, in existing shards
+    # count samples per layout and kind, decode every image, count the bad samples and images
+    # (one line each)
     python tools/build_mm_shards.py inspect shards/
 
 Indexes hold token counts, so they are made with the tokenizer training uses: every command takes
@@ -55,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+")
     p.add_argument("--image-root", default=None, help="image folder of JSON / JSONL files (default: their folder)")
     p.add_argument("--jobs", type=int, default=1, help="processes indexing in parallel")
-    p = sub.add_parser("inspect", help="count samples per layout and kind, and bad samples")
+    p = sub.add_parser("inspect", help="count samples per layout and kind; decode every image; "
+                                       "count bad samples and images")
     p.add_argument("shards", nargs="+")
     for p in sub.choices.values():
         p.add_argument("--tokenizer-type", default="sentencepiece")
@@ -79,11 +81,29 @@ def _index(args) -> dict:
             "damaged": [s["unit"] for s in summaries if s["damage"]]}
 
 
+def _decode_errors(sample) -> list[str]:
+    """The images of a sample that do not decode (as training would decode them)."""
+    import io
+
+    from PIL import Image
+
+    broken = []
+    for index, data in sorted(sample.images.items()):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except Exception as error:  # PIL raises many types for bad data
+            broken.append(f"image {index}: {error or type(error).__name__}")
+    return broken
+
+
 def _inspect(args) -> dict:
+    """Reads every sample and decodes every image: counts per layout and kind, bad samples
+    (unreadable JSON, damaged tar, an image that does not decode) and bad images."""
     from aria_train.data.multimodal.errors import BadSamples
     from aria_train.data.multimodal.sources import ShardSource, list_shards
 
-    bad, kinds, layouts, n = BadSamples(), {}, {}, 0
+    bad, kinds, layouts, n, images, bad_images = BadSamples(log_first=20), {}, {}, 0, 0, 0
     for path in list_shards(args.shards):
         source = ShardSource(path, shuffle_shards=False, bad=bad)
         for _, sample in source.unit_samples(0, 0, 0):
@@ -91,7 +111,13 @@ def _inspect(args) -> dict:
             kinds[kind] = kinds.get(kind, 0) + 1
             layouts[sample.fmt] = layouts.get(sample.fmt, 0) + 1
             n += 1
-    return {"samples": n, "kinds": kinds, "layouts": layouts, "bad_samples": bad.count}
+            images += len(sample.images)
+            broken = _decode_errors(sample)
+            if broken:
+                bad_images += len(broken)
+                bad.report(path, sample.key, "; ".join(broken))
+    return {"samples": n, "kinds": kinds, "layouts": layouts, "images": images, "bad_images": bad_images,
+            "bad_samples": bad.count, "bad_by_reason": dict(bad.by_reason)}
 
 
 def main(argv=None) -> int:

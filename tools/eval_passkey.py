@@ -1,7 +1,7 @@
 """Long-context passkey retrieval of a model, over context lengths x needle depths.
 
-    python tools/eval_passkey.py --checkpoint runs/stage3/ckpt --lengths 8192 16384 32768 65536 \
-        --depths 0 0.25 0.5 0.75 1 --trials 5 --out runs/stage3/passkey
+    python tools/eval_passkey.py --checkpoint runs/my-stage3-run --lengths 8192 16384 32768 65536 \
+        --depths 0 0.25 0.5 0.75 1 --trials 5 --out runs/my-stage3-run/passkey
     python tools/eval_passkey.py --random-init --model tiny --out /tmp/passkey   # a smoke run
 
 Writes passkey.csv, passkey.md (depth x length table) and passkey_heatmap.png into --out and
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     title = f"passkey ({args.method}{', %d candidates' % args.candidates if args.method == 'rank' else ''}): {name}"
-    paths = write_results(results, Path(args.out), title)
+    paths = write_results(results, Path(args.out), title, args.candidates if args.method == "rank" else None)
     print(paths["markdown"].read_text(), end="")
     print(f"wrote {paths['csv']}, {paths['markdown']}, {paths['png']}")
     return 0

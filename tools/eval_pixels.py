@@ -1,6 +1,6 @@
 """Caption loss with real vs blank images for a multimodal checkpoint (stage 2 or later).
 
-    python tools/eval_pixels.py --checkpoint runs/stage2/checkpoints [--samples 64]
+    python tools/eval_pixels.py --checkpoint runs/my-stage2-run [--samples 64]   (a run, save or iter_N directory)
 """
 
 import argparse

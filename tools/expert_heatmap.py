@@ -3,12 +3,12 @@
 From the routing statistics a run logged (metrics.jsonl, `router_counts`, summed over the logged
 windows chosen):
 
-    python tools/expert_heatmap.py --jsonl runs/stage2/metrics.jsonl --out runs/stage2/experts
-    python tools/expert_heatmap.py --jsonl runs/stage2/metrics.jsonl --last 10 --out experts
+    python tools/expert_heatmap.py --jsonl runs/my-stage2-run/metrics.jsonl --out runs/my-stage2-run/experts
+    python tools/expert_heatmap.py --jsonl runs/my-stage2-run/metrics.jsonl --last 10 --out experts
 
 From a checkpoint, running a few batches of its stage's data through the model (one process):
 
-    python tools/expert_heatmap.py --checkpoint runs/stage2/ckpt --batches 4 --out experts
+    python tools/expert_heatmap.py --checkpoint runs/my-stage2-run --batches 4 --out experts
 
 What is drawn: with image tokens in the data, the visual specialisation R_v/R_t of every expert
 (activation rate on image tokens over that on text tokens; ARIA Fig. 1), log2 scale; without,

@@ -139,7 +139,8 @@ def dry_run_job(script: str, job_id: int, nodelist: str, workdir: Path, extra_en
         kind, _, rest = line.partition(" ")
         if kind == "sbatch":
             job.sbatch_calls.append(shlex.split(rest))
-    job.torchrun_lines = [line for line in result.stdout.splitlines() if line.startswith("torchrun ")]
+    job.torchrun_lines = [line for line in result.stdout.splitlines()
+                          if line.startswith("python ") and "/launch/run.py " in line]
     return job
 
 

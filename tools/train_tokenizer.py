@@ -21,9 +21,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", nargs="+", required=True, help="JSONL or plain-text files")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab")
-    parser.add_argument("--vocab-size", type=int, required=True)
-    parser.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
-    parser.add_argument("--json-key", default="text")
+    parser.add_argument("--vocab-size", type=int, required=True,
+                        help="pieces in the vocabulary, special and byte pieces included")
+    parser.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe",
+                        help="bpe (default; exports exactly to transformers) or unigram")
+    parser.add_argument("--character-coverage", type=float, default=0.9995,
+                        help="share of characters covered by pieces of their own; the rest go through byte fallback")
+    parser.add_argument("--json-key", default="text", help="field holding the text in .jsonl/.json inputs")
     parser.add_argument("--threads", type=int, default=1, help=">1 is faster but not reproducible")
     parser.add_argument("--verbose", action="store_true", help="show sentencepiece's log")
     args = parser.parse_args(argv)
@@ -36,6 +40,7 @@ def main(argv=None) -> int:
             json_key=args.json_key,
             num_threads=args.threads,
             verbose=args.verbose,
+            character_coverage=args.character_coverage,
         )
         tokenizer = load_tokenizer(path)
     except DataError as err:

@@ -17,6 +17,7 @@ save or `finalize` waits for it.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import yaml
+from torch.distributed.checkpoint.api import CheckpointException
 
 from aria_train.checkpoint import layout, resume
 from aria_train.checkpoint import state as ckpt_state
@@ -79,7 +81,7 @@ class Checkpointer:
             try:
                 self._prepare_dir(root, step)
             except OSError as exc:
-                error = f"cannot write checkpoint under {root}: {exc}"
+                error = resume.save_failed_message(root, step, exc)
         self._agree(error)  # also: the directory exists before anyone writes into it
 
         entries = self._entries_to_save(parts, train)
@@ -97,8 +99,6 @@ class Checkpointer:
         self.last_saved_step = step
 
     def _prepare_dir(self, root: Path, step: int) -> None:
-        import shutil
-
         root.mkdir(parents=True, exist_ok=True)
         partial = layout.partial_dir(root, step)
         if partial.exists():  # left by an interrupted save of the same iteration
@@ -133,16 +133,23 @@ class Checkpointer:
 
     def _write(self, entries: dict, root: Path, step: int, metadata: dict, start: float) -> None:
         partial = layout.partial_dir(root, step)
-        with ckpt_state.quiet_sharded_tensor():
-            dcp.save(entries, storage_writer=dcp.FileSystemWriter(str(partial)), process_group=self.pg,
-                     no_dist=not self.distributed)
+        try:
+            with ckpt_state.quiet_sharded_tensor():
+                dcp.save(entries, storage_writer=dcp.FileSystemWriter(str(partial)), process_group=self.pg,
+                         no_dist=not self.distributed)
+        except (Exception, CheckpointException) as exc:  # DCP gathers every rank's failure into all of them
+            message = resume.save_failed_message(root, step, exc)
+            self._barrier()  # every rank has read the free space before the partial save goes
+            if self.rank == 0:
+                shutil.rmtree(partial, ignore_errors=True)  # give the space back; `latest` never moved
+            raise UserError(message) from None
         self._barrier()  # every rank's data is on disk
         error, final = None, None
         if self.rank == 0:
             try:
                 final = layout.commit(root, step, metadata, self.ckpt.keep_last)
             except OSError as exc:
-                error = f"cannot commit checkpoint {layout.partial_dir(root, step)}: {exc}"
+                error = resume.save_failed_message(root, step, exc)
         self._agree(error)
         if final is not None:
             self._info(f"saved checkpoint {final} ({time.perf_counter() - start:.1f} s"
@@ -198,10 +205,10 @@ class Checkpointer:
         """Loads `checkpoint.load` (its `latest`, or an explicit iter_ dir) into the model, and,
         with load_optim, the optimizer, train state, data position and RNG. Returns the step the
         run goes on from, or None for a fresh start (no --load, or weights only)."""
-        source, load_optim = resume.load_source(self.ckpt, self.run.stage, self._info)
+        source, load_optim, key = resume.load_source(self.ckpt, self.run.stage, self._info)
         if source is None:
             return None
-        path, meta, entries, flat = self._plan_load(source, parts, load_optim)
+        path, meta, entries, flat = self._plan_load(source, key, parts, load_optim)
         try:
             with ckpt_state.quiet_sharded_tensor():
                 dcp.load(entries, checkpoint_id=str(path), process_group=self.pg,
@@ -226,12 +233,12 @@ class Checkpointer:
                    f"consumed{reshard})")
         return int(train["step"])
 
-    def _plan_load(self, source: str, parts: TrainingParts, load_optim: bool):
+    def _plan_load(self, source: str, key: str, parts: TrainingParts, load_optim: bool):
         """(checkpoint dir, its metadata, DCP entries, optimizer state template). Every rank
         checks; a problem any rank sees stops all of them (no hang in the collective load)."""
         error = path = meta = entries = flat = None
         try:
-            path = layout.resolve_load_dir(source)
+            path = layout.resolve_load_dir(source, key)
             meta = layout.read_metadata(path)
             saved = layout.check_dcp_files(path).state_dict_metadata
             entries, flat = resume.entries_to_load(parts, saved, self.rank, load_optim)

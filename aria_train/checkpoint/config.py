@@ -6,10 +6,16 @@ from typing import Optional
 
 @dataclass
 class CheckpointConfig:
-    save: str = ""
-    load: str = ""  # resume a run (weights, optimizer, step, data position) from DIR/latest
-    # Start a new stage from another run's final checkpoint: weights only, fresh optimizer,
-    # step 0. Used when `load` has no checkpoint yet (a resumed stage continues its own run).
+    # Where this run saves; "{run_dir}" is the run's directory (aria_train.train.run_dir), ""
+    # saves nothing. A directory holding another run's checkpoints is refused unless this run
+    # resumes it (`load` names it) or `run.overwrite` is set.
+    save: str = "{run_dir}/checkpoints"
+    # Resume a run (weights, optimizer, step, data position) from its latest checkpoint: a run
+    # directory, a save directory (DIR/latest) or one iter_N directory.
+    load: str = ""
+    # Start a new stage from another run's final checkpoint (a run directory, a save directory
+    # or an iter_N directory): weights only, fresh optimizer, step 0. Used when `load` has no
+    # checkpoint yet (a resumed stage continues its own run).
     init_from: str = ""
     # Start from a transformers Aria checkpoint directory (config.json + safetensors, as
     # save_pretrained writes it): weights only, fresh optimizer, step 0; model shapes come from its

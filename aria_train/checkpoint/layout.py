@@ -174,14 +174,37 @@ def list_complete(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_load_dir(path: str | Path) -> Path:
-    """The checkpoint directory `--load PATH` means: PATH/latest's target, or PATH itself when it
-    is a checkpoint directory. UserError (one line, naming the path) when there is none."""
+RUN_CHECKPOINTS = "checkpoints"  # a run directory's save directory (aria_train.train.run_dir)
+
+
+def checkpoint_root(path: str | Path) -> Path:
+    """The save directory `path` stands for: a run directory (one holding `checkpoints/` and no
+    `latest` of its own) means its `checkpoints/`; `RUN/iter_N` means `RUN/checkpoints/iter_N`;
+    anything else is itself."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint.load={path}: no such directory")
+    inner = path / RUN_CHECKPOINTS
+    if inner.is_dir() and not (path / LATEST_FILE).exists() and not (path / DCP_METADATA_FILE).exists():
+        return inner
+    if not path.exists() and parse_iteration(path.name) is not None:
+        nested = path.parent / RUN_CHECKPOINTS / path.name
+        if nested.is_dir():
+            return nested
+    return path
+
+
+def resolve_load_dir(path: str | Path, key: str = "checkpoint.load") -> Path:
+    """The checkpoint directory `--load PATH` means: PATH/latest's target, or PATH itself when it
+    is a checkpoint directory; PATH may also be a run directory (see checkpoint_root). UserError
+    (one line, naming `key` and the path) when there is none."""
+    given = Path(path)
+    if not given.exists() and not checkpoint_root(given).exists():
+        hint = ""
+        if "init_from" in key:
+            hint = " (the run this stage starts from: --set checkpoint.init_from=runs/<run name>)"
+        raise UserError(f"{key}={given}: no such directory{hint}")
+    path = checkpoint_root(given)
     if not path.is_dir():
-        raise UserError(f"checkpoint.load={path}: not a directory")
+        raise UserError(f"{key}={path}: not a directory")
     latest = read_latest(path)
     if latest is not None:
         target = final_dir(path, latest)
@@ -192,7 +215,7 @@ def resolve_load_dir(path: str | Path) -> Path:
         return target
     if (path / DCP_METADATA_FILE).exists() or (path / METADATA_FILE).exists() or path.name.startswith("iter_"):
         return path
-    raise UserError(f"checkpoint.load={path}: no '{LATEST_FILE}' file and not a checkpoint directory")
+    raise UserError(f"{key}={path}: no '{LATEST_FILE}' file and not a checkpoint directory")
 
 
 # ---- commit and pruning (rank 0 only) -------------------------------------------------------

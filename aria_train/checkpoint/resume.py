@@ -3,6 +3,8 @@ model, and turning what DCP loaded back into the optimizer's state format."""
 
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -14,24 +16,37 @@ from aria_train.errors import UserError
 from aria_train.optim.flat_state import FlatShard
 
 
-def load_source(ckpt: CheckpointConfig, stage: int, info: Callable[[str], None]) -> tuple[Optional[str], bool]:
-    """Where this run starts from, and whether it takes the optimizer, step and data too.
+def load_source(ckpt: CheckpointConfig, stage: int, info: Callable[[str], None]) -> tuple[Optional[str], bool, str]:
+    """Where this run starts from, whether it takes the optimizer, step and data too, and the
+    config key that named the source (for error messages).
 
     - `load` holding a checkpoint: resume it (weights only with --no-load-optim).
-    - `load` equal to `save` but empty: a run's first job (SLURM templates pass the same
-      directory to both); start from `init_from` if given, else from scratch.
+    - `load` naming the `save` directory (or its run directory) while it is still empty: a run's
+      first job (SLURM templates pass the same directory to both); start from `init_from` if
+      given, else from scratch.
     - `init_from`: a new stage starting from the previous stage's final weights.
     An explicit `load` that holds no checkpoint is an error (resolve_load_dir says why)."""
     load, init_from = ckpt.load, ckpt.init_from
-    first_job = bool(load) and Path(load) == Path(ckpt.save or "") and not holds_checkpoint(load)
+    first_job = bool(load) and same_dir(load, ckpt.save) and not holds_checkpoint(load)
     if load and not first_job:
-        return load, bool(ckpt.load_optim)
+        return load, bool(ckpt.load_optim), "checkpoint.load"
     if init_from:
         info(f"stage {stage} starts from {init_from} (weights only; fresh optimizer, step 0)")
-        return init_from, False
+        return init_from, False, "checkpoint.init_from"
     if first_job:
         info(f"no checkpoint in {load} yet: starting from scratch")
-    return None, False
+    return None, False, ""
+
+
+def same_dir(load: str, save: str) -> bool:
+    """Whether `load` names the save directory `save`: itself, the run directory holding it, or
+    one iter_N checkpoint inside it."""
+    if not load or not save:
+        return False
+    root = layout.checkpoint_root(load).resolve()
+    if layout.parse_iteration(root.name) is not None:
+        root = root.parent
+    return root == Path(save).resolve()
 
 
 def entries_to_load(parts: TrainingParts, saved, rank: int, load_optim: bool) -> tuple[dict[str, Any], Optional[dict]]:
@@ -129,6 +144,53 @@ def loaded_flat_state(entries: dict, template: dict) -> dict:
     return out
 
 
+def save_failed_message(root: Path, step: int, error: BaseException) -> str:
+    """One line for a save that failed: the cause (a full disk said so even when torch's writer
+    only reports a short write, "unexpected pos"), and the checkpoint `latest` still names."""
+    try:
+        latest = layout.read_latest(root)
+    except UserError:
+        latest = None
+    kept = f"latest still names iteration {latest}" if latest is not None else "no earlier checkpoint there"
+    return f"checkpoint save at step {step} failed under {root}: {write_error_cause(root, error)}; {kept}"
+
+
+def write_error_cause(root: Path, error: BaseException) -> str:
+    causes = list(_exception_chain(error))
+    if any(isinstance(exc, OSError) and exc.errno == errno.ENOSPC for exc in causes):
+        return "no space left on device"
+    existing = Path(root)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if shutil.disk_usage(existing).free < _NEARLY_FULL_BYTES:  # the short write of a full disk
+        return "no space left on device"
+    for exc in causes:
+        if isinstance(exc, OSError) and exc.strerror:
+            return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    root_cause = next((exc for exc in causes if not hasattr(exc, "failures")), error)
+    lines = [line.strip() for line in str(root_cause).splitlines() if line.strip()]
+    return f"{type(root_cause).__name__}: {lines[0][:300] if lines else ''}"
+
+
+_NEARLY_FULL_BYTES = 1 << 20  # torch's writer fails with "unexpected pos", not ENOSPC, on a full disk
+
+
+def _exception_chain(error: BaseException):
+    """The error, what caused it, and for DCP's CheckpointException every rank's failure."""
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        exc = stack.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        failures = getattr(exc, "failures", None)
+        if isinstance(failures, dict):
+            stack.extend(item[0] if isinstance(item, tuple) else item for item in failures.values())
+        stack.extend([exc.__cause__, exc.__context__])
+
+
 def one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     for line in text:
@@ -139,7 +201,7 @@ def one_line(error: BaseException) -> str:
 
 
 def holds_checkpoint(path: str) -> bool:
-    root = Path(path)
+    root = layout.checkpoint_root(path)
     if not root.is_dir():
         return False
-    return layout.read_latest(root) is not None or layout.is_complete(root)
+    return layout.read_latest(root) is not None or layout.is_complete(root) or bool(layout.list_complete(root))

@@ -26,13 +26,42 @@ FLAG_TO_KEY = {
     "save": "checkpoint.save",
     "load": "checkpoint.load",
     "save_interval": "checkpoint.save_interval",
+    "run_name": "run.name",
+}
+
+# Help text of each Megatron-style flag (the config key it sets is appended).
+FLAG_HELP = {
+    "train_iters": "optimizer steps to train",
+    "micro_batch_size": "sequences per rank per forward/backward",
+    "global_batch_size": "sequences per optimizer step over all ranks (a multiple of micro-batch x world size)",
+    "seed": "random seed (data order, initialisation)",
+    "eval_interval": "steps between validation losses (0: none)",
+    "eval_iters": "global batches per validation",
+    "exit_interval": "stop (after saving) once this step is done",
+    "log_interval": "steps between log lines (step 1 and the last step are always logged)",
+    "log_dir": "metrics.jsonl, config.yaml, exit_status, wandb/ (default: the run directory)",
+    "seq_length": "tokens per training sequence",
+    "data_path": "Megatron data: PREFIX, or WEIGHT PREFIX WEIGHT PREFIX ... (default: the demo corpus)",
+    "split": "train,valid,test weights, e.g. 969,30,1",
+    "tokenizer_model": "sentencepiece .model file, or a transformers tokenizer directory with --tokenizer-type "
+                       "huggingface (default: the demo tokenizer)",
+    "tokenizer_type": "sentencepiece or huggingface (Megatron's names work too: HuggingFaceTokenizer, ...)",
+    "lr": "peak learning rate",
+    "min_lr": "learning rate at the end of the decay",
+    "clip_grad": "gradient-norm clipping threshold",
+    "ep_size": "expert-parallel size (divides the world size and the expert count)",
+    "save": "checkpoint directory (default: RUN_DIR/checkpoints; '' saves nothing)",
+    "load": "resume from a run directory, a checkpoint directory (its latest) or an iter_N directory",
+    "save_interval": "steps between checkpoints (one is always saved at the end and on a stop signal)",
+    "run_name": "run directory runs/NAME (default: stageN-YYYYmmdd-HHMMSS)",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch/pretrain.py",
-        description="Pretrain an ARIA-class MoE model; run with torchrun for several processes.",
+        description="Pretrain an ARIA-class MoE model. Several processes: python launch/run.py "
+                    "--nproc_per_node=N launch/pretrain.py ... (torchrun, with a failure's root cause last).",
     )
     parser.add_argument("--stage", type=int, required=True, help="curriculum stage 1-4, or 0 (encoder pretraining)")
     parser.add_argument("--config", default=None, help="YAML file (default: the stage's pipelines/ config)")
@@ -54,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-load-optim", action="store_true",
                         help="with --load: take weights only (fresh optimizer, step 0)")
     parser.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
-    for flag in FLAG_TO_KEY:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --save / --log-dir even when they hold another run's checkpoints or metrics")
+    for flag, key in FLAG_TO_KEY.items():
         kwargs = {"nargs": "+"} if flag == "data_path" else {}
-        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, **kwargs)
+        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None,
+                            help=f"{FLAG_HELP.get(flag, '')} [{key}]".lstrip(), **kwargs)
     return parser
 
 
@@ -77,6 +109,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
             overrides["data.tokenizer_type"] = "huggingface"
     if args.wandb:
         overrides["logging.wandb"] = True
+    if args.overwrite:
+        overrides["run.overwrite"] = True
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -96,7 +96,7 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     ensure_indexes(units, tokenizer, image_root, groups.rank, groups.world_size,
                    functools.partial(_gather_messages, groups), logger)
 
-    def mixture(language_set, split_seed: int) -> MultimodalMixture:
+    def mixture(language_set, split_seed: int, log_bad: tuple[int, bool]) -> MultimodalMixture:
         sources = []
         if data_cfg.language_weight > 0:
             # GPTDataset chunks are seq_length tokens + the last label: packing needs no read
@@ -107,18 +107,20 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
         return MultimodalMixture(sources, data_cfg.seq_length, split_seed, tokenizer=tokenizer, image_cfg=image_cfg,
                                  on_bad_sample=data_cfg.on_bad_sample, formats=data_cfg.mm_formats,
                                  max_bad_fraction=data_cfg.max_bad_fraction,
-                                 bad_sample_window=data_cfg.bad_sample_window, mix_by=data_cfg.mix_by)
+                                 bad_sample_window=data_cfg.bad_sample_window, mix_by=data_cfg.mix_by, log_bad=log_bad)
 
-    def batches(language_set, split_seed: int) -> MultimodalMicroBatchIterator:
-        return MultimodalMicroBatchIterator(mixture(language_set, split_seed), train_cfg.global_batch_size,
+    def batches(language_set, split_seed: int, log_bad=(0, False)) -> MultimodalMicroBatchIterator:
+        return MultimodalMicroBatchIterator(mixture(language_set, split_seed, log_bad), train_cfg.global_batch_size,
                                             train_cfg.micro_batch_size, groups.rank, groups.world_size)
 
     valid_factory = None
     if valid_set is not None and eval_rounds:
         # Validation draws from the same shards with another seed: a held-out order, not held-out
-        # data; point data.mm_data_path at separate shards for a true held-out set.
+        # data; point data.mm_data_path at separate shards for a true held-out set. Its bad samples
+        # are the training data's, already logged: it logs none.
         valid_factory = lambda: batches(valid_set, train_cfg.seed + 1)  # noqa: E731
-    return StageData(batches(train_set, train_cfg.seed), valid_factory, tokenizer)
+    # Damage every rank sees is logged by rank 0; pixel decode failures by the rank that decodes.
+    return StageData(batches(train_set, train_cfg.seed, log_bad=(10, groups.rank == 0)), valid_factory, tokenizer)
 
 
 def media_settings(cfg):

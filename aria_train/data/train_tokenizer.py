@@ -67,6 +67,8 @@ def train_sentencepiece(
     """Train on texts and return the serialized model; see the module docstring for choices."""
     if model_type not in ("bpe", "unigram"):
         raise DataError(f"tokenizer training: model_type {model_type!r} is not bpe or unigram")
+    if not 0.98 <= character_coverage <= 1.0:  # sentencepiece's own bounds
+        raise DataError(f"tokenizer training: character coverage {character_coverage} must be within [0.98, 1.0]")
     model = io.BytesIO()
     input_errors: list[DataError] = []
     sentences = _stop_on_error(
@@ -103,10 +105,7 @@ def train_sentencepiece(
     except RuntimeError as err:
         if input_errors:  # sentencepiece rewraps what the iterator raised; give back the original
             raise input_errors[0] from None
-        # e.g. "Vocabulary size is too high (4000). Please set it to a value <= 1234."
-        message = str(err).strip().splitlines()[-1] if str(err).strip() else "failed"
-        message = message.split("] ", 1)[-1]  # drop sentencepiece's "INTERNAL: file(line) [check]"
-        raise DataError(f"tokenizer training: {message}") from None
+        raise DataError(f"tokenizer training: {_trainer_message(err)}") from None
     proto = model.getvalue()
     _check_special_tokens(proto)
     return proto
@@ -137,16 +136,28 @@ def train_tokenizer(
     json_key: str = "text",
     num_threads: int = 1,
     verbose: bool = False,
+    character_coverage: float = 0.9995,
 ) -> str:
     """Train from files (JSONL with a json_key field, or plain text); returns the .model path."""
     proto = train_sentencepiece(
         iter_file_texts(inputs, json_key),
         vocab_size=vocab_size,
         model_type=model_type,
+        character_coverage=character_coverage,
         num_threads=num_threads,
         verbose=verbose,
     )
     return save_model(proto, output_prefix)
+
+
+def _trainer_message(err: RuntimeError) -> str:
+    """sentencepiece's error, e.g. "Vocabulary size is too high (4000). Please set it to a value
+    <= 1234.", with its own flag names replaced by tools/train_tokenizer.py's."""
+    message = str(err).strip().splitlines()[-1] if str(err).strip() else "failed"
+    message = message.split("] ", 1)[-1]  # drop sentencepiece's "INTERNAL: file(line) [check]"
+    message = message.replace("with --character_coverage option", "with --character-coverage (>= 0.98)")
+    message = message.replace("decrease character_coverage", "decrease the character coverage")
+    return message.replace("Increase vocab_size", "Increase --vocab-size")
 
 
 def _stop_on_error(sentences: Iterator[str], errors: list) -> Iterator[str]:

@@ -159,8 +159,10 @@ def evaluate_passkey(model, tokenizer, lengths: Sequence[int], depths: Sequence[
     return results
 
 
-def write_results(results: list[PasskeyResult], out_dir: Path, title: str = "passkey retrieval") -> dict[str, Path]:
-    """passkey.csv, passkey.md (depth rows x length columns) and passkey_heatmap.png in out_dir."""
+def write_results(results: list[PasskeyResult], out_dir: Path, title: str = "passkey retrieval",
+                  candidates: Optional[int] = None) -> dict[str, Path]:
+    """passkey.csv, passkey.md (depth rows x length columns) and passkey_heatmap.png in out_dir.
+    With `candidates` (method "rank"), the table says what chance is: 1 / candidates."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lengths = sorted({r.length for r in results})
@@ -179,6 +181,9 @@ def write_results(results: list[PasskeyResult], out_dir: Path, title: str = "pas
         lines.append(f"| {d:g} | " + " | ".join(f"{grid[(d, n)].accuracy:.2f}" for n in lengths) + " |")
     mean = sum(r.accuracy for r in results) / len(results)
     lines += ["", f"mean accuracy {mean:.3f} over {len(results)} cells x {results[0].trials} trials"]
+    if candidates:
+        lines.append(f"chance is {1 / candidates:.2f}: the right key ranked first among {candidates} candidates "
+                     f"by a model that cannot retrieve it")
     md_path.write_text("\n".join(lines) + "\n")
     png_path = out_dir / "passkey_heatmap.png"
     _heatmap(grid, lengths, depths, png_path, title)

@@ -1,5 +1,5 @@
-"""Configuration of the training loop (`train.*`), the learning-rate schedule (`schedule.*`) and
-metrics logging (`logging.*`)."""
+"""Configuration of the training loop (`train.*`), the learning-rate schedule (`schedule.*`),
+metrics logging (`logging.*`) and the run directory (`run.*`)."""
 
 from __future__ import annotations
 
@@ -56,8 +56,18 @@ class ScheduleConfig:
 
 @dataclass
 class LoggingConfig:
-    log_interval: int = 5
-    log_dir: str = "runs/default"
+    log_interval: int = 5  # steps between console/metrics lines (step 1 and the last step are always logged)
+    log_dir: str = "{run_dir}"  # metrics.jsonl, config.yaml, exit_status, wandb/; "{run_dir}" = the run directory
     wandb: bool = False
     wandb_project: str = "aria-train"
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+@dataclass
+class RunDirConfig:
+    """Where a run writes (aria_train.train.run_dir): ROOT/NAME/ holds checkpoints/, metrics.jsonl,
+    config.yaml, exit_status and wandb/."""
+
+    name: str = ""  # "" = stage<N>-<YYYYmmdd-HHMMSS>, chosen at start; may hold "/" (a group of runs)
+    root: str = "runs"
+    overwrite: bool = False  # write over another run's checkpoints and metrics in the same directories

@@ -31,7 +31,7 @@ from aria_train.moe.layout import ExpertLayout
 from aria_train.optim.config import OptimizerConfig
 from aria_train.parallel.config import ParallelConfig, check_ep_divides_world
 from aria_train.train.budget import apply_token_budget
-from aria_train.train.config import LoggingConfig, ScheduleConfig, TrainConfig
+from aria_train.train.config import LoggingConfig, RunDirConfig, ScheduleConfig, TrainConfig
 from aria_train.train.encoder_config import EncoderConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +54,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunDirConfig = field(default_factory=RunDirConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # stage 0 only
 
     @property

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Per-node launcher: `srun` runs this once on every node of the job (--ntasks-per-node=1); it
-# builds the torchrun command from the SLURM variables and runs it, forwarding SIGUSR1/SIGTERM.
+# builds the torchrun command from the SLURM variables and runs it through launch/run.py
+# (torchrun with the root cause of a failure as the last line), forwarding SIGUSR1/SIGTERM.
 #
 #   srun --ntasks-per-node=1 bash launch/slurm/torchrun_from_slurm.sh --stage 1 [pretrain.py args]
 #
@@ -13,17 +14,16 @@
 #                   starts from checkpoint.init_from or from scratch (aria_train.checkpoint)
 #   LOG_DIR         this job's log directory: metrics, exit_status, torchrun's per-rank logs (required)
 #   ARIA_ROOT       the repository (default: two levels above this script)
-#   ARIA_PRINT_ONLY=1   print the torchrun command instead of running it (tests, debugging)
+#   ARIA_PRINT_ONLY=1   print the launch command instead of running it (tests, debugging)
 #
-# Signals. SLURM's early warning (`#SBATCH --signal=USR1@120`) reaches this script; torchrun does
-# not handle SIGUSR1 (its default action would kill it), so torchrun runs with SIGUSR1 ignored and
-# this script forwards SIGUSR1 to the worker processes (torchrun's children, which run in their
-# own sessions). Each worker's StopController catches it; the ranks agree, save a checkpoint at the
-# end of the current step and exit 0, so torchrun and this script exit 0.
-# SIGTERM (time limit, scancel) goes to torchrun, which forwards it to the workers and waits
-# TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds for them to save before killing them; its exit code is
-# then non-zero even when the workers saved. This script only keeps waiting on SIGTERM, so SLURM
-# does not tear the step down under a checkpoint being written.
+# Signals. SLURM's early warning (`#SBATCH --signal=USR1@120`) and SIGTERM (time limit, scancel)
+# reach this script (and, depending on the cluster, every process of the step). The script
+# forwards both to launch/run.py, which forwards them to the worker processes (torchrun's
+# children, which run in their own sessions); plain torchrun would die of SIGUSR1 and exit 1
+# after a SIGTERM. Each worker's StopController catches the signal; the ranks agree, save a
+# checkpoint at the end of the current step and exit 0, so launch/run.py and this script exit 0.
+# A signal that reaches a process twice (directly and forwarded) is harmless. SLURM sends SIGKILL
+# KillWait seconds after SIGTERM (cluster setting, often 30 s): the save must fit in it.
 set -euo pipefail
 
 ARIA_ROOT=${ARIA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
@@ -41,7 +41,7 @@ MASTER_ADDR=${hosts[0]:?cannot expand SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST}
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-60}
 
 cmd=(
-    torchrun
+    python "$ARIA_ROOT/launch/run.py"
     --nnodes="$SLURM_NNODES"
     --nproc-per-node="$GPUS_PER_NODE"
     --rdzv-backend=c10d
@@ -65,27 +65,25 @@ fi
 mkdir -p "$LOG_DIR/torchrun/node$NODE_ID"
 # The job's working directory (sbatch's submit directory) stays the run's: relative paths in the
 # config (data cache, default run directories) resolve there, not inside the checkout.
-# Ignored signals stay ignored across exec: torchrun survives SIGUSR1; the workers replace the
-# disposition with their own handler when training starts.
+# Ignored signals stay ignored across exec: SIGUSR1 cannot kill the launcher before it installs
+# its own handler (the first thing it does).
 ( trap '' USR1; exec "${cmd[@]}" ) &
-torchrun_pid=$!
+launcher_pid=$!
 
-forward_to_workers() {
-    local workers
-    workers=$(pgrep -P "$torchrun_pid" || true)
-    echo "torchrun_from_slurm: node $NODE_ID got SIG$1, forwarding to workers:" $workers >&2
-    [[ -n "$workers" ]] && kill "-$1" $workers 2>/dev/null || true
+forward_to_launcher() {
+    echo "torchrun_from_slurm: node $NODE_ID got SIG$1, forwarding it to launch/run.py (pid $launcher_pid)" >&2
+    kill "-$1" "$launcher_pid" 2>/dev/null || true
 }
-trap 'forward_to_workers USR1' USR1
-trap 'echo "torchrun_from_slurm: node $NODE_ID got SIGTERM; torchrun forwards it" >&2' TERM
+trap 'forward_to_launcher USR1' USR1
+trap 'forward_to_launcher TERM' TERM
 
-# `wait` returns early (status > 128) when a trapped signal arrives; keep waiting until torchrun
-# is really gone, then return its exit status.
+# `wait` returns early (status > 128) when a trapped signal arrives; keep waiting until the
+# launcher is really gone, then return its exit status.
 while true; do
     set +e
-    wait "$torchrun_pid"
+    wait "$launcher_pid"
     status=$?
     set -e
-    kill -0 "$torchrun_pid" 2>/dev/null || break
+    kill -0 "$launcher_pid" 2>/dev/null || break
 done
 exit "$status"

@@ -78,3 +78,22 @@ def test_errors_are_one_line(tmp_path, tiny_jsonl):
 
     with pytest.raises(DataError, match="missing.jsonl: file not found"):
         train_tokenizer([str(tmp_path / "missing.jsonl")], str(tmp_path / "m"), vocab_size=300)
+
+
+def test_cli_error_suggests_flags_the_tool_has(tmp_path, capsys):
+    """sentencepiece's "decrease character_coverage with --character_coverage" names our flags."""
+    path = tmp_path / "han.jsonl"
+    with open(path, "w") as f:
+        for i in range(300):
+            f.write(json.dumps({"text": "".join(chr(0x4E00 + (i * 7 + j) % 3000) for j in range(40))}) + "\n")
+    tool = _load_tool("train_tokenizer")
+    rc = tool.main(["--input", str(path), "--output-prefix", str(tmp_path / "t"), "--vocab-size", "300"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "Increase --vocab-size or decrease the character coverage with --character-coverage (>= 0.98)" in err
+    rc = tool.main(["--input", str(path), "--output-prefix", str(tmp_path / "t"), "--vocab-size", "2500",
+                    "--character-coverage", "0.98"])
+    assert rc == 0 and "vocab 2500" in capsys.readouterr().out
+    assert tool.main(["--input", str(path), "--output-prefix", str(tmp_path / "t"), "--vocab-size", "300",
+                      "--character-coverage", "0.5"]) == 1
+    assert "character coverage 0.5 must be within [0.98, 1.0]" in capsys.readouterr().err

@@ -88,7 +88,9 @@ def test_cli_on_a_random_tiny_model_writes_table_and_heatmap(tmp_path, capsys):
     assert [(r["context_length"], r["needle_depth"]) for r in rows] == [
         ("128", "0"), ("128", "0.5"), ("128", "1"), ("256", "0"), ("256", "0.5"), ("256", "1")]
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
-    assert "| depth \\ length | 128 | 256 |" in (tmp_path / "passkey.md").read_text()
+    table = (tmp_path / "passkey.md").read_text()
+    assert "| depth \\ length | 128 | 256 |" in table
+    assert "chance is 0.20: the right key ranked first among 5 candidates" in table  # the default --candidates
     png = (tmp_path / "passkey_heatmap.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     assert "passkey.csv" in capsys.readouterr().out

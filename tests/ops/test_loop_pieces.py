@@ -52,7 +52,9 @@ def test_step_timer_phases_and_other_add_up_to_the_step():
 
 
 def test_metrics_logger_console_jsonl_wandb_and_exit_status(tmp_path, capsys):
-    logger = MetricsLogger(LoggingConfig(log_dir=str(tmp_path)), rank=0)
+    logger = MetricsLogger(LoggingConfig(log_dir=str(tmp_path)), rank=0, run_config={"stage": 1})
+    logger.start(0)
+    assert (tmp_path / "config.yaml").read_text() == "stage: 1\n"
     logged = []
 
     class FakeWandb:
@@ -67,12 +69,13 @@ def test_metrics_logger_console_jsonl_wandb_and_exit_status(tmp_path, capsys):
                "step_time_s": 0.5, "time_data_s": 0.01, "time_forward_s": 0.2, "time_backward_s": 0.2,
                "time_grad_sync_wait_s": 0.04, "time_optimizer_s": 0.03, "time_other_s": 0.02,
                "peak_memory_gib": 1.5, "skipped_steps": 2, "router_counts": {"tokens_per_expert": [[1, 2]]},
-               "console_extras": "route worst L0 max/mean 1.33 cv 0.33"}
+               "console_extras": "route worst L0 max/mean 1.33 cv 0.33", "train_iters": 40, "elapsed_s": 61.4,
+               "eta_s": 3725.0}
     logger.log(metrics)
     line = capsys.readouterr().out.strip()
-    assert line == ("step 3 | loss 2.5000 | tok/s 1000 | tok/s/gpu 500 | mfu 41.0% | time 0.50s [data 0.01 fwd 0.20 "
-                    "bwd 0.20 sync 0.04 opt 0.03 other 0.02] | mem 1.50GiB | skipped 2 | "
-                    "route worst L0 max/mean 1.33 cv 0.33") == console_line(metrics)
+    assert line == ("step 3/40 | loss 2.5000 | tok/s 1000 | tok/s/gpu 500 | mfu 41.0% | time 0.50s [data 0.01 fwd "
+                    "0.20 bwd 0.20 sync 0.04 opt 0.03 other 0.02] | elapsed 1:01 eta 1:02:05 | mem 1.50GiB | "
+                    "skipped 2 | route worst L0 max/mean 1.33 cv 0.33") == console_line(metrics)
     record = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert record["router_counts"] == {"tokens_per_expert": [[1, 2]]} and "console_extras" not in record
     step, wandb_record = logged[0]

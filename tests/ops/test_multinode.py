@@ -54,7 +54,8 @@ def test_two_nodes_of_two_processes_train_at_world_size_four(tmp_path):
         assert len(r["router_counts"]["tokens_per_expert"]) == 2
         assert sum(r["router_counts"]["tokens_per_expert"][0]) == 8 * 32 * 4
         assert 1.0 <= r["router/load_max_over_mean_worst"] <= 16
-    console = [line for line in outputs[0].splitlines() + outputs[1].splitlines() if line.startswith("step 3 |")]
+    console = [line for line in outputs[0].splitlines() + outputs[1].splitlines() if line.startswith("step 3/3 |")]
     assert len(console) == 1
-    for piece in ("tok/s/gpu", "time ", "[data ", " fwd ", " bwd ", " sync ", " opt ", "mem ", "route worst L"):
+    for piece in ("tok/s/gpu", "time ", "[data ", " fwd ", " bwd ", " sync ", " opt ", "elapsed ", " eta 0:00", "mem ",
+                  "route worst L"):
         assert piece in console[0], console[0]

@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ops_helpers import (PRETRAIN, ROOT, TINY, child_env, children, exit_status, free_port,  # noqa: E402
@@ -50,9 +52,11 @@ def test_sigterm_saves_exits_zero_and_resume_continues(tmp_path):
     assert latest(ckpt) == stopped + 2
 
 
-def test_sigusr1_through_slurm_launcher_forwards_to_workers(tmp_path):
-    """launch/slurm/torchrun_from_slurm.sh on a one-node fake allocation: SIGUSR1 to the script
-    (as `#SBATCH --signal=USR1@120` sends it) reaches the workers, torchrun survives it, all exit 0."""
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_signal_through_slurm_launcher_forwards_to_workers(tmp_path, signum):
+    """launch/slurm/torchrun_from_slurm.sh on a one-node fake allocation: SIGUSR1 (as `#SBATCH
+    --signal=USR1@120` sends it) or SIGTERM (scancel, the time limit) to the script reaches the
+    workers through launch/run.py, which survives it; the workers save and all exit 0."""
     from slurm_templates import _write_stubs
 
     bin_dir = tmp_path / "bin"
@@ -66,7 +70,7 @@ def test_sigusr1_through_slurm_launcher_forwards_to_workers(tmp_path):
     proc = start(cmd, tmp_path / "launcher.out", env=env)
     try:
         wait_for(lambda: len(train_records(log_dir)) >= 2, 90, "2 logged steps", proc)
-        os.kill(proc.pid, signal.SIGUSR1)
+        os.kill(proc.pid, signum)
         assert proc.wait(timeout=60) == 0, (tmp_path / "launcher.out").read_text()[-3000:]
     finally:
         if proc.poll() is None:
@@ -76,7 +80,10 @@ def test_sigusr1_through_slurm_launcher_forwards_to_workers(tmp_path):
                     os.kill(p, signal.SIGKILL)
             proc.kill()
     out = (tmp_path / "launcher.out").read_text()
-    assert "got SIGUSR1, forwarding to workers" in out
+    name = signal.Signals(signum).name
+    assert f"got {name}, forwarding it to launch/run.py" in out
+    assert f"launch/run.py: {name}: forwarding it to the workers" in out
+    assert out.strip().splitlines()[-1] == f"launch/run.py: stopped on {name}: every worker exited 0"
     reason, stopped = exit_status(log_dir)
     assert reason == "signal", out[-2000:]
     assert latest(ckpt) == stopped

@@ -1,5 +1,6 @@
-"""The SLURM templates: valid bash, the exact torchrun line for 2 nodes x 8 GPUs, and the
-job-chaining decision (run the real scripts with stand-ins for srun/scontrol/sbatch)."""
+"""The SLURM templates: valid bash, the exact launch line (torchrun through launch/run.py) for 2
+nodes x 8 GPUs, and the job-chaining decision (run the real scripts with stand-ins for
+srun/scontrol/sbatch)."""
 
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def test_rendered_stage1_runs_exactly_this_torchrun_line_on_each_node(tmp_path):
     assert job.returncode == 0, job.stderr
     run, logs = f"{tmp_path}/run", f"{tmp_path}/run/logs/4242"
     expected = (
-        "torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu001:29500 "
+        f"python {ROOT}/launch/run.py --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu001:29500 "
         "--rdzv-id=4242 --max-restarts=0 --log-dir={logs}/torchrun/node{node} --tee=3 "
         f"{ROOT}/launch/pretrain.py --save {run}/checkpoints --load {run}/checkpoints --log-dir {logs} "
         "--stage 1 --model aria-25b --ep-size 8"

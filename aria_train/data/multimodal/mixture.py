@@ -117,7 +117,8 @@ class MultimodalMixture:
                  image_cfg: Optional[ImageConfig] = None, renderer: Optional[SampleRenderer] = None,
                  on_bad_sample: str = "skip", too_long: str = "truncate", logger: Optional[logging.Logger] = None,
                  max_consecutive_skips: int = 1000, formats: Optional[Sequence[str]] = None,
-                 max_bad_fraction: float = 0.05, bad_sample_window: int = 1000, mix_by: str = "samples"):
+                 max_bad_fraction: float = 0.05, bad_sample_window: int = 1000, mix_by: str = "samples",
+                 log_bad: tuple[int, bool] = (10, True)):  # BadSamples' (log_first, log_shared)
         weights = _check_sources(sources)
         if int(seq_length) < 2:
             raise DataError(f"multimodal mixture: seq_length {seq_length} must be >= 2")
@@ -134,7 +135,8 @@ class MultimodalMixture:
         self.seq_length = int(seq_length)
         self.seed = int(seed)
         self.logger = logger or LOG
-        self.bad = BadSamples(on_bad_sample, self.logger)  # shared: replaces the shard sources' own
+        # One counter for every source: replaces the shard sources' own.
+        self.bad = BadSamples(on_bad_sample, self.logger, log_first=log_bad[0], log_shared=log_bad[1])
         for src in self.sources:
             if isinstance(src, ShardSource):
                 src.bad = self.bad
@@ -236,7 +238,7 @@ class MultimodalMixture:
                 try:
                     out = self.renderer.load_crops(img)
                 except BadSample as err:
-                    self.bad.report(p.sample.shard, p.sample.key, str(err))  # raises in error mode
+                    self.bad.report(p.sample.shard, p.sample.key, str(err), shared=False)  # raises in error mode
                     out = self.renderer.blank_crops(img)
                     seq.target[p.offset : p.offset + p.length] = False  # no loss on this sample
                 crops.extend(out.crops)

@@ -39,6 +39,11 @@ class MultimodalMicroBatchIterator:
             self._replay(consumed_samples)
 
     @property
+    def bad_samples(self):
+        """The mixture's BadSamples (counts, summary())."""
+        return self.mixture.bad
+
+    @property
     def num_micro_batches(self) -> int:
         return self.global_batch_size // (self.micro_batch_size * self.dp_size)
 

@@ -1,7 +1,9 @@
 """Metric windows: throughput over the steps since the last log line, router statistics summed over
-them (one all-reduce), then the metrics logger (console, JSONL, wandb)."""
+them (one all-reduce), progress (elapsed, ETA), then the metrics logger (console, JSONL, wandb)."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -11,14 +13,30 @@ from aria_train.train.routing_metrics import console_summary
 
 
 class MetricsWindow(Callback):
-    """Logs every `logging.log_interval` steps and at the last step. Throughput counts training
-    time only (no evaluation or saves)."""
+    """Logs the first step of the run (step 1, or the first after a resume), every
+    `logging.log_interval` steps and the last step. Throughput counts training time only (no
+    evaluation or saves); elapsed time and the ETA count everything since training started."""
 
     def __init__(self, cfg, device: torch.device):
         self.cfg = cfg
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_length)
         self.peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        self.start_step, self.start_time = 0, time.perf_counter()
         self._reset()
+
+    def pre_train(self, trainer) -> None:
+        self.start_step, self.start_time = trainer.state.step, time.perf_counter()
+        trainer.logger.start(trainer.state.step)
+
+    def _due(self, step: int) -> bool:
+        last = self.cfg.train.train_iters
+        return step % self.cfg.logging.log_interval == 0 or step in (last, self.start_step + 1)
+
+    def _progress(self, step: int) -> dict:
+        elapsed = time.perf_counter() - self.start_time
+        done = max(step - self.start_step, 1)
+        remaining = max(self.cfg.train.train_iters - step, 0)
+        return {"train_iters": self.cfg.train.train_iters, "elapsed_s": elapsed, "eta_s": elapsed / done * remaining}
 
     def _reset(self) -> None:
         self.seconds, self.tokens, self.image_tokens = 0.0, 0, 0
@@ -28,7 +46,7 @@ class MetricsWindow(Callback):
         self.tokens += cfg.train.global_batch_size * cfg.data.seq_length
         self.image_tokens += metrics.get("image_tokens", 0)
         self.seconds += metrics["step_time_s"]
-        if step % cfg.logging.log_interval != 0 and step != cfg.train.train_iters:
+        if not self._due(step):
             return
         trainer.activity = "router statistics all_reduce"
         routing, routing_counts = trainer.routing.reduce_and_reset(trainer.groups)
@@ -36,8 +54,15 @@ class MetricsWindow(Callback):
         metrics["router_counts"] = routing_counts
         metrics.update(self._throughput(trainer.groups.world_size))
         metrics["skipped_steps"] = trainer.state.skipped_steps
+        metrics.update(self._progress(step))
         metrics["console_extras"] = console_summary(routing)
+        bad = getattr(trainer.train_batches, "bad_samples", None)  # multimodal data: skipped samples
+        if bad is not None:
+            metrics["bad_samples"] = bad.count
         trainer.logger.log(metrics)
+        summary = bad.summary() if bad is not None else None
+        if summary:  # after the first few one-line reports, one line per log interval at most
+            trainer.logger.info(summary)
         self._reset()
 
     def _throughput(self, world: int) -> dict:

@@ -4,7 +4,8 @@ the data-parallel fallback when ZeRO-1 is off.
 Gradients: summed at finish_grad_sync, dense parameters over the world and routed-expert
 parameters over their expert-data-parallel group (one flat all-reduce each). The parameters are
 the fp32 master weights; the update is torch.optim.AdamW (decoupled weight decay), with weight
-decay only where the parameter rule says so (default: matrices, not norms). State dict: the
+decay only where the parameter rule says so (default: matrices, not norms), through torch's fused
+kernel on CPU and CUDA alike (so CI runs the GPU's update). State dict: the
 "aria-flat-v1" format of aria_train.optim.flat_state, with whole tensors.
 """
 
@@ -38,11 +39,11 @@ class ReplicatedAdamW:
             lr=opt_cfg.lr,
             betas=(opt_cfg.beta1, opt_cfg.beta2),
             eps=opt_cfg.eps,
-            fused=bool(self.infos) and all(info.param.is_cuda for info in self.infos),  # one kernel on GPU
+            fused=use_fused_adamw([info.param for info in self.infos]),
         )
         for info in self.infos:  # eager state, so a checkpoint can be loaded before the first step
             self.optimizer.state[info.param] = {
-                "step": torch.tensor(0.0),
+                "step": _step_tensor(0, info.param.device),
                 "exp_avg": torch.zeros_like(info.param, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(info.param, memory_format=torch.preserve_format),
             }
@@ -126,7 +127,7 @@ class ReplicatedAdamW:
                 copied = copy_overlap(flat, info.global_offset, state["state"][info.name][key])
                 if copied != flat.numel():
                     raise ValueError(f"optimizer state {info.name}.{key} covers {copied} of {flat.numel()} elements")
-            st["step"] = torch.tensor(float(self.step_count))
+            st["step"] = _step_tensor(self.step_count, info.param.device)
 
     # -- helpers ----------------------------------------------------------------------------------
     @staticmethod
@@ -149,3 +150,17 @@ class ReplicatedAdamW:
         if not grads:
             return torch.zeros((), dtype=torch.float32, device=device)
         return torch.stack([g.float().pow(2).sum() for g in grads]).sum().to(torch.float32)
+
+
+def use_fused_adamw(params: list) -> bool:
+    """torch's fused AdamW (one kernel for all parameters of a device and dtype) runs on CUDA and
+    on CPU; it needs every parameter on one device type, in a floating dtype it supports."""
+    devices = {p.device.type for p in params}
+    dtypes_ok = all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
+    return len(devices) == 1 and devices <= {"cpu", "cuda"} and dtypes_ok
+
+
+def _step_tensor(step: int, device: torch.device) -> torch.Tensor:
+    """AdamW's per-parameter step counter. The fused kernel reads it on the parameter's device (a
+    CPU counter next to a CUDA parameter fails on the first step), as fp32."""
+    return torch.full((), float(step), dtype=torch.float32, device=device)

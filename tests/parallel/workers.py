@@ -163,16 +163,17 @@ def opt_config(clip_grad: float = 0.5, eps: float = 1e-6) -> OptimizerConfig:
     return OptimizerConfig(lr=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=eps, clip_grad=clip_grad)
 
 
-def reference_run(world: int, seed: int = 3, ocfg: OptimizerConfig = None):
-    """torch.optim.AdamW + clip_grad_norm_ on one rank over world x N_MICRO micro-batches per step.
-    Returns (model, torch optimizer, grad norms)."""
+def reference_run(world: int, seed: int = 3, ocfg: OptimizerConfig = None, fused: bool = False):
+    """torch.optim.AdamW (its fused kernel if `fused`, as ReplicatedAdamW runs it) + clip_grad_norm_
+    on one rank over world x N_MICRO micro-batches per step. Returns (model, torch optimizer, grad
+    norms)."""
     cfg, ocfg = opt_model_config(), ocfg or opt_config()
     model = build_model(cfg, seed=seed)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": ocfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps,
+        lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps, fused=fused,
     )
     batches = make_batches(STEPS, world, N_MICRO, BATCH, SEQ, cfg.vocab_size)
     global_tokens = world * N_MICRO * BATCH * SEQ

@@ -2,7 +2,9 @@
 
 The LM head is applied to `chunk_tokens` rows at a time under activation checkpointing, so the
 [tokens x vocab] logits exist for one chunk only, in forward and in backward (at 64K context and
-a 100K vocabulary the full logits would be 26 GB in fp32).
+a 100K vocabulary the full logits would be 26 GB in fp32). When every token fits one chunk there
+is nothing to save by recomputing (the one chunk's logits are the peak either way), so that
+chunk runs plainly: recomputing it would cost a second LM-head forward (1.4x the loss on CPU).
 
 Normalisation: the global loss of a step is the mean over every loss-carrying token of the
 global batch, plus the balance losses averaged over micro-batches and ranks. Each rank's local
@@ -23,6 +25,8 @@ def chunked_cross_entropy_sum(
     chunk_tokens: int = 4096,
 ) -> torch.Tensor:
     """hidden: [N, H]; lm_head_weight: [V, H]; labels: [N]; loss_mask: [N] -> masked sum (fp32)."""
+    if hidden.shape[0] <= chunk_tokens:  # one chunk: no recompute (see the module notes)
+        return _chunk_loss(hidden, lm_head_weight, labels, loss_mask)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         end = start + chunk_tokens

@@ -28,3 +28,30 @@ def test_masked_tokens_carry_no_loss():
     only_first = chunked_cross_entropy_sum(hidden, weight, labels, torch.tensor([1.0, 0, 0, 0]), chunk_tokens=2)
     expected = torch.nn.functional.cross_entropy(hidden[:1] @ weight.T, labels[:1], reduction="sum")
     assert torch.allclose(only_first, expected)
+
+
+def _count_chunk_forwards(monkeypatch, tokens: int, chunk_tokens: int) -> int:
+    """How many times the LM head + cross-entropy of a chunk runs in one forward + backward."""
+    from aria_train.train import loss as loss_module
+
+    calls = []
+    real = loss_module._chunk_loss
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return real(*args)
+
+    monkeypatch.setattr(loss_module, "_chunk_loss", counting)
+    hidden = torch.randn(tokens, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    labels = torch.randint(0, 20, (tokens,))
+    chunked_cross_entropy_sum(hidden, weight, labels, torch.ones(tokens), chunk_tokens=chunk_tokens).backward()
+    return len(calls)
+
+
+def test_one_chunk_is_not_recomputed(monkeypatch):
+    """Issue 15, defect 7: when all tokens fit one chunk the LM head runs once (recomputing it
+    saves no memory and costs a second forward); several chunks are each recomputed in backward."""
+    assert _count_chunk_forwards(monkeypatch, tokens=16, chunk_tokens=16) == 1
+    assert _count_chunk_forwards(monkeypatch, tokens=16, chunk_tokens=64) == 1
+    assert _count_chunk_forwards(monkeypatch, tokens=16, chunk_tokens=8) == 4  # 2 chunks x (forward + recompute)

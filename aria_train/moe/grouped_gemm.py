@@ -9,7 +9,7 @@ _grouped_mm, so the cast is done here, as autocast would for a plain matmul), el
 
 Elsewhere (older torch, fp64, unaligned widths) the rows are scattered into a zero-padded
 [E, max_count, in] block and multiplied with one bmm: batched and exact, but E x max_count rows
-of work and one host read of the counts.
+of work and a host read of the counts per call.
 
 No rows at all (N == 0, e.g. a rank that received no tokens under expert parallelism) never
 reaches a kernel: a zero-row result that keeps x and the weight in the autograd graph (zero

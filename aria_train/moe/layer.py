@@ -14,7 +14,7 @@ from torch import nn
 from aria_train.moe.config import MoEConfig
 from aria_train.moe.balance import group_load_balancing_loss, z_loss
 from aria_train.moe.capacity import capacity_keep_mask
-from aria_train.moe.dispatcher import LocalDispatcher, TokenDispatcher
+from aria_train.moe.dispatcher import LocalDispatcher, TokenDispatcher, count_per_expert
 from aria_train.moe.experts import GroupedExperts
 from aria_train.moe.layout import ExpertLayout
 from aria_train.moe.router import TopKRouter
@@ -53,7 +53,7 @@ class MoELayer(nn.Module):
         """x: [T, H] -> MoEOutput"""
         cfg = self.cfg
         routing = self.router(x)
-        tokens_per_expert = torch.bincount(routing.top_experts.reshape(-1), minlength=cfg.num_experts)
+        tokens_per_expert = count_per_expert(routing.top_experts.reshape(-1), cfg.num_experts)
         keep = None
         if cfg.capacity_factor is not None:
             keep = capacity_keep_mask(routing.top_experts, cfg.num_experts, cfg.capacity_factor)

@@ -194,14 +194,14 @@ class Trainer:
         return lm_sum, out.balance_loss, out.z_loss, out.router_stats
 
     def _visual_mask(self, batch: dict) -> Optional[torch.Tensor]:
-        """[T] True for image tokens (the batch's `is_visual`, else the model's image token id);
-        None for text-only batches."""
+        """[T] True for image tokens (the batch's `is_visual`, else the model's image token id),
+        on the device (moved once here, not once per MoE layer); None for text-only batches."""
         if "is_visual" in batch:
-            return batch["is_visual"].reshape(-1)
+            return batch["is_visual"].reshape(-1).to(self.device, non_blocking=True)
         image_token_id = getattr(self.model, "image_token_id", None)
         if image_token_id is None or "patches" not in batch:
             return None
-        return (batch["tokens"] == image_token_id).reshape(-1)
+        return (batch["tokens"] == image_token_id).reshape(-1).to(self.device, non_blocking=True)
 
     def _global_token_count(self, micro_batches: list[dict]) -> float:
         count = torch.tensor(sum(float(b["loss_mask"].sum()) for b in micro_batches), dtype=torch.float64)

@@ -30,6 +30,7 @@ class MetricsWindow(Callback):
         self.seconds += metrics["step_time_s"]
         if step % cfg.logging.log_interval != 0 and step != cfg.train.train_iters:
             return
+        metrics.update(trainer.timer.window_summary())  # the window's mean split (CUDA: read once here)
         trainer.activity = "router statistics all_reduce"
         routing, routing_counts = trainer.routing.reduce_and_reset(trainer.groups)
         metrics.update(routing)

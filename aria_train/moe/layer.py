@@ -16,6 +16,7 @@ from aria_train.moe.balance import group_load_balancing_loss, z_loss
 from aria_train.moe.capacity import capacity_keep_mask
 from aria_train.moe.dispatcher import LocalDispatcher, TokenDispatcher, count_per_expert
 from aria_train.moe.experts import GroupedExperts
+from aria_train.moe.grouped_gemm import compute_dtype
 from aria_train.moe.layout import ExpertLayout
 from aria_train.moe.router import TopKRouter
 from aria_train.nn.swiglu import SwiGLU
@@ -57,7 +58,11 @@ class MoELayer(nn.Module):
         keep = None
         if cfg.capacity_factor is not None:
             keep = capacity_keep_mask(routing.top_experts, cfg.num_experts, cfg.capacity_factor)
-        expert_input, counts, handle = self.dispatcher.dispatch(x, routing.top_experts, keep)
+        # Rows travel (and are gathered k times) in the compute dtype: under bf16 autocast the
+        # residual stream is fp32, and the expert GEMM would cast them anyway; sent as fp32 they
+        # would cost the all-to-all twice the bytes, in both directions and in backward.
+        rows = x.to(compute_dtype(x))
+        expert_input, counts, handle = self.dispatcher.dispatch(rows, routing.top_experts, keep)
         expert_output = self.experts(expert_input, counts)
         routed = self.dispatcher.combine(expert_output, routing.top_weights, handle)
         balance = group_load_balancing_loss(

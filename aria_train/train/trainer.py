@@ -20,6 +20,7 @@ from aria_train.errors import UserError
 from aria_train.parallel.distributed import all_reduce_sum
 from aria_train.parallel.groups import ParallelGroups
 from aria_train.train.callbacks import AbortTraining, Callback
+from aria_train.train.flops import image_train_flops
 from aria_train.train.loss import chunked_cross_entropy_sum
 from aria_train.train.metrics import MetricsLogger
 from aria_train.train.routing_metrics import RoutingAccumulator
@@ -153,7 +154,8 @@ class Trainer:
         self.activity = "loss all_reduce"
         image_tokens = sum(int(b.get("num_image_tokens", 0)) for b in micro_batches)
         images = sum(len(b.get("grid") or ()) for b in micro_batches)
-        counts = torch.tensor([image_tokens, images], dtype=torch.float64, device=self.device)
+        counts = torch.tensor([image_tokens, images, self._image_flops(micro_batches)], dtype=torch.float64,
+                              device=self.device)
         reduced = all_reduce_sum(torch.cat([torch.stack([sums.lm_sum, sums.balance, sums.z]), counts]), self.groups)
         lm_loss = reduced[0].item() / global_tokens
         balance, z = reduced[1].item(), reduced[2].item()
@@ -173,7 +175,17 @@ class Trainer:
         if self.cfg.multimodal:
             metrics["image_tokens"] = int(reduced[3].item())  # over the global batch
             metrics["image_crops"] = int(reduced[4].item())
+            metrics["image_flops"] = float(reduced[5].item())  # ViT + projector, training, global batch
         return metrics
+
+    def _image_flops(self, micro_batches: list[dict]) -> float:
+        """This rank's ViT + projector training FLOPs (aria_train.train.flops) for its crops."""
+        projector = getattr(self.model, "multi_modal_projector", None)
+        grids = [tuple(g) for b in micro_batches for g in (b.get("grid") or ())]
+        if projector is None or not grids:
+            return 0.0
+        crops = [(h, w, q) for (h, w), q in zip(grids, projector.num_queries(grids))]
+        return image_train_flops(self.cfg.vision, self.cfg.model.hidden_size, crops)
 
     def forward_losses(self, batch: dict):
         """One micro-batch forward -> (summed token CE, balance loss, z-loss, router stats)."""

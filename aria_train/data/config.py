@@ -29,6 +29,12 @@ class DataConfig:
     # clustered: data_path is one prefix written by tools/cluster_pack.py; each sample is one
     # group of similar documents, groups shuffled (aria_train/data/curation/clustered_dataset.py).
     packing: Literal["shuffled", "clustered"] = "shuffled"
+    # Documents packed into one sequence (aria_train.data.documents): attend only within their own
+    # document (document-causal attention) / restart position ids at each document. Language data
+    # ends a document at its eod token, the multimodal packer at each sample. Stage 4 turns both
+    # on (one conversation must not read the previous one).
+    reset_attention_mask: bool = False
+    reset_position_ids: bool = False
 
     def validate(self) -> "DataConfig":
         if not 0.0 <= self.language_weight <= 1.0:

@@ -47,7 +47,9 @@ def build_stage_data(cfg, groups, logger) -> StageData:
 
     def batches(dataset) -> MicroBatchIterator:
         return MicroBatchIterator(
-            dataset, train_cfg.global_batch_size, train_cfg.micro_batch_size, groups.rank, groups.world_size
+            dataset, train_cfg.global_batch_size, train_cfg.micro_batch_size, groups.rank, groups.world_size,
+            eod=tokenizer.eod, reset_position_ids=data_cfg.reset_position_ids,
+            reset_attention_mask=data_cfg.reset_attention_mask,
         )
 
     if cfg.multimodal:
@@ -99,7 +101,9 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
 
     def batches(language_set, split_seed: int) -> MultimodalMicroBatchIterator:
         return MultimodalMicroBatchIterator(mixture(language_set, split_seed), train_cfg.global_batch_size,
-                                            train_cfg.micro_batch_size, groups.rank, groups.world_size)
+                                            train_cfg.micro_batch_size, groups.rank, groups.world_size,
+                                            reset_position_ids=data_cfg.reset_position_ids,
+                                            reset_attention_mask=data_cfg.reset_attention_mask)
 
     valid_factory = None
     if valid_set is not None and eval_rounds:

@@ -20,6 +20,7 @@ from torch import nn
 
 from aria_train.model.config import ModelConfig
 from aria_train.model.vision_config import ProjectorConfig, VisionConfig
+from aria_train.model.attention import DocumentMask
 from aria_train.model.decoder import AriaForCausalLM, DecoderOutput
 from aria_train.model.projector import Projector
 from aria_train.model.vision import Grid, VisionTransformer
@@ -75,12 +76,13 @@ class AriaForConditionalGeneration(nn.Module):
         position_ids: Optional[torch.Tensor] = None,
         patches: Optional[torch.Tensor] = None,
         grid: Optional[Grid] = None,
+        document_mask: Optional[DocumentMask] = None,
     ) -> DecoderOutput:
         """tokens [B, S]; position_ids [B, S]; patches [T, C*p*p] and grid [(h_i, w_i)] for the
-        images of the whole micro-batch (or None) -> DecoderOutput (hidden [B, S, H] after the
-        final norm, balance and z losses)."""
+        images of the whole micro-batch (or None); document_mask (None = plain causal) ->
+        DecoderOutput (hidden [B, S, H] after the final norm, balance and z losses)."""
         embeds = self.embed(tokens, patches, grid)
-        return self.language_model(position_ids=position_ids, inputs_embeds=embeds)
+        return self.language_model(position_ids=position_ids, inputs_embeds=embeds, document_mask=document_mask)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> [..., vocab]. Only for small inputs: training uses the chunked loss."""

@@ -17,6 +17,7 @@ import torch
 
 from aria_train.checkpoint import TrainingParts
 from aria_train.errors import UserError
+from aria_train.model.attention import DocumentMask
 from aria_train.parallel.distributed import all_reduce_sum
 from aria_train.parallel.groups import ParallelGroups
 from aria_train.train.callbacks import AbortTraining, Callback
@@ -193,13 +194,16 @@ class Trainer:
         labels = batch["labels"].to(self.device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(self.device, non_blocking=True)
         position_ids = batch["position_ids"].to(self.device, non_blocking=True)
-        images = {}
+        extra = {}
         if "patches" in batch:  # multimodal stages: the micro-batch's crops, packed
             patches = batch["patches"]
-            images = {"patches": None if patches is None else patches.to(self.device, non_blocking=True),
-                      "grid": batch["grid"]}
+            extra = {"patches": None if patches is None else patches.to(self.device, non_blocking=True),
+                     "grid": batch["grid"]}
+        if "document_ids" in batch:  # data.reset_attention_mask: attend within each document only
+            extra["document_mask"] = DocumentMask.from_document_ids(batch["document_ids"], self.device,
+                                                                    non_blocking=True)
         with self._autocast():
-            out = self.model(tokens, position_ids=position_ids, **images)
+            out = self.model(tokens, position_ids=position_ids, **extra)
             lm_sum = chunked_cross_entropy_sum(
                 out.hidden.flatten(0, 1), self.model.lm_head.weight, labels.flatten(), loss_mask.flatten()
             )

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from aria_train.data.batches import check_batch_layout, consumed_samples_of
+from aria_train.data.documents import add_document_fields, document_ids_after_eod
 from aria_train.data.errors import DataError
 from aria_train.data.multimodal.mixture import MultimodalMixture, PackedSequence
 from aria_train.data.multimodal.render import SampleRenderer
@@ -19,12 +20,17 @@ class MultimodalMicroBatchIterator:
     tokens/labels/position_ids [B, S] int64, loss_mask [B, S] float32, is_visual [B, S] bool
     (the `<|img|>` positions), patches [T, 3*p*p] float32 (None without images: crops of the
     micro-batch in the order of their image tokens, row-major over the batch), grid [(h, w)] per
-    crop, num_image_tokens int (= sum of the crops' queries)."""
+    crop, num_image_tokens int (= sum of the crops' queries); with reset_attention_mask also
+    document_ids [B, S] (a new document at every packed piece and after every eod token,
+    aria_train.data.documents), with reset_position_ids position ids restarting there."""
 
     def __init__(self, mixture: MultimodalMixture, global_batch_size: int, micro_batch_size: int,
-                 dp_rank: int, dp_size: int, consumed_samples: int = 0):
+                 dp_rank: int, dp_size: int, consumed_samples: int = 0, reset_position_ids: bool = False,
+                 reset_attention_mask: bool = False):
         check_batch_layout(global_batch_size, micro_batch_size, dp_rank, dp_size, consumed_samples)
         self.mixture = mixture
+        self.reset_position_ids = reset_position_ids
+        self.reset_attention_mask = reset_attention_mask
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
         self.dp_rank = dp_rank
@@ -55,7 +61,12 @@ class MultimodalMicroBatchIterator:
                 mine.append(seq)
         self.consumed_samples += G
         mbs = self.micro_batch_size
-        return [self.collate(mine[m : m + mbs], self.mixture.renderer) for m in range(0, per_rank, mbs)]
+        batches = [self.collate(mine[m : m + mbs], self.mixture.renderer) for m in range(0, per_rank, mbs)]
+        if self.reset_position_ids or self.reset_attention_mask:
+            for m, batch in zip(range(0, per_rank, mbs), batches):
+                documents = packed_document_ids(mine[m : m + mbs], batch["tokens"], self.mixture.renderer.tokenizer.eod)
+                add_document_fields(batch, documents, self.reset_position_ids, self.reset_attention_mask)
+        return batches
 
     def __iter__(self):
         while True:
@@ -101,3 +112,16 @@ class MultimodalMicroBatchIterator:
             "is_visual": is_visual,
             "num_image_tokens": num_image_tokens,
         }
+
+
+def packed_document_ids(seqs: Sequence[PackedSequence], tokens: torch.Tensor, eod: int) -> torch.Tensor:
+    """[B, S] document index of each input slot: a document starts where the packer placed a
+    piece (a text document, a sample, the padding) and after every eod token inside a piece."""
+    S = tokens.shape[1]
+    starts = torch.from_numpy(np.stack([s.starts[:S] for s in seqs]))
+    after_eod = document_ids_after_eod(tokens, eod)  # counts eods before each slot
+    new_after_eod = torch.zeros_like(starts)
+    new_after_eod[:, 1:] = after_eod[:, 1:] != after_eod[:, :-1]
+    starts = starts | new_after_eod
+    starts[:, 0] = True
+    return torch.cumsum(starts.long(), dim=1) - 1

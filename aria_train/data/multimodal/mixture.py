@@ -120,6 +120,7 @@ class PackedSequence:
     tokens: np.ndarray  # int64 [S+1] (the last slot is a label only)
     target: np.ndarray  # bool [S+1]
     placed: list = field(default_factory=list)  # PlacedSample of the multimodal samples, in order
+    starts: Optional[np.ndarray] = None  # bool [S+1]: a packed piece (document, sample, padding) starts here
     crops: Optional[list] = None  # materialized: [3, H, W] crops in token order
     grid: Optional[list] = None
     queries: Optional[list] = None  # per crop
@@ -230,6 +231,7 @@ class MultimodalMixture:
         S = self.seq_length
         tokens = np.full(S + 1, self.pad, dtype=np.int64)
         target = np.zeros(S + 1, dtype=bool)
+        starts = np.zeros(S + 1, dtype=bool)  # document boundaries (data.reset_attention_mask)
         placed: list[PlacedSample] = []
         used = skipped = 0
         while used < S:
@@ -238,6 +240,7 @@ class MultimodalMixture:
             doc, off, k, _ = self._pending
             space = S - used
             n = len(doc)
+            starts[used] = True  # whatever is placed next starts here (a closing break unsets nothing)
             if doc.is_text:
                 take = min(n - off, space)
                 tokens[used : used + take] = doc.tokens[off : off + take]
@@ -256,7 +259,7 @@ class MultimodalMixture:
                 self._pending = None
                 continue
             if used > 0:
-                break  # the sample starts the next sequence
+                break  # the sample starts the next sequence (the padding starts here)
             self._pending = None  # longer than a whole sequence
             cut = doc.longest_prefix(S) if self.too_long == "truncate" else 0
             if cut == 0:
@@ -272,7 +275,8 @@ class MultimodalMixture:
             used = cut
             break  # what follows a truncated sample would be predicted from a cut text: close
         self.stats["pad_tokens"] += S - used
-        seq = PackedSequence(self._sequences, tokens, target, placed)
+        starts[used] = used < S  # the padding is a piece of its own
+        seq = PackedSequence(self._sequences, tokens, target, placed, starts)
         self._sequences += 1
         self.stats["sequences"] = self._sequences
         self.stats["draws"] = self._draws

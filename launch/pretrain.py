@@ -84,6 +84,7 @@ def train(cfg) -> int:
 
     device = dist_utils.init_distributed(cfg.parallel.backend, cfg.parallel.timeout_minutes)
     stopper = StopController(cfg.train, device)  # preemption signals count from here, not from step 1
+    data = None
     try:
         torch.manual_seed(cfg.train.seed)
         groups = init_parallel_groups(cfg.parallel.ep_size)
@@ -117,6 +118,8 @@ def train(cfg) -> int:
         logger.close()
         return 0
     finally:
+        if data is not None and hasattr(data.train, "close"):
+            data.train.close()  # the background loader's worker
         stopper.restore()
 
 

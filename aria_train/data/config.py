@@ -35,6 +35,9 @@ class DataConfig:
     # on (one conversation must not read the previous one).
     reset_attention_mask: bool = False
     reset_position_ids: bool = False
+    # Global batches loaded, packed and decoded this many steps ahead in a background worker
+    # process, pinned for the copy to the GPU (aria_train.data.prefetch); 0 = on the training thread.
+    prefetch: int = 2
 
     def validate(self) -> "DataConfig":
         if not 0.0 <= self.language_weight <= 1.0:
@@ -42,4 +45,6 @@ class DataConfig:
         if len(self.mm_data_path) % 2 != 0:
             raise ConfigError("data.mm_data_path must alternate weight and shard directory")
         require_positive(self, "data", "seq_length")
+        if self.prefetch < 0:
+            raise ConfigError(f"data.prefetch={self.prefetch} must be >= 0 (0 = load on the training thread)")
         return self

@@ -153,6 +153,12 @@ def opt_model_config():
     cfg.vocab_size = 256
     return cfg
 LRS = [1e-2, 8e-3, 6e-3, 4e-3, 2e-3]
+# Largest parameter difference from the single-rank reference after 5 steps. The grouped expert
+# GEMM (torch._grouped_mm) rounds a row depending on how many rows its expert has in the call: an
+# EP rank multiplies the rows of every source rank's micro-batch at once, the reference one
+# micro-batch at a time, so the rounding differs by ~1e-7 relative, which Adam turns into up to
+# ~3.5e-5 on the few embedding elements whose gradients are near eps.
+MAX_PARAM_DIFF = 5e-5
 
 
 def opt_config(clip_grad: float = 0.5, eps: float = 1e-6) -> OptimizerConfig:
@@ -314,7 +320,7 @@ def _optimizer_case(rank: int, world: int, ep: int, kind: str, out_dir: str, buc
             got = full[name][key]
             assert got.shape == expected.shape and not torch.isnan(got).any(), (name, key)
             if key == "master":  # the parameters themselves: same tolerance as above
-                assert float((got - expected).abs().max()) < 3e-5, name
+                assert float((got - expected).abs().max()) < MAX_PARAM_DIFF, name
             else:  # moments, relative to the tensor's largest
                 max_state_diff = max(max_state_diff, float((got - expected).abs().max() / expected.abs().max()))
     report = torch.tensor([max_diff, max_state_diff, float(opt.state_bytes()), mean_diff], dtype=torch.float64)
@@ -335,7 +341,7 @@ def _optimizer_case(rank: int, world: int, ep: int, kind: str, out_dir: str, buc
     # Adam turns ~1e-7 relative differences of cross-rank gradient sums into up to ~1e-5 on the
     # few elements whose gradients are near eps; a real bug (decay, bias correction, a missing
     # shard) moves every element, which the mean catches
-    assert max_diff < 3e-5, max_diff
+    assert max_diff < MAX_PARAM_DIFF, max_diff
     assert mean_diff < 1e-7, mean_diff
     assert max_state_diff < 1e-4, max_state_diff
 

@@ -58,7 +58,8 @@ def dry_run(args) -> int:
     check_ep_divides_world(cfg.parallel.ep_size, world, "--world-size")
     model = build_model(cfg.model, device="meta")
     counts = count_parameters(model, cfg.model)
-    memory = memory_per_rank(counts, world, cfg.parallel.ep_size, zero1=cfg.optimizer.zero1)
+    memory = memory_per_rank(counts, world, cfg.parallel.ep_size, zero1=cfg.optimizer.zero1,
+                             precision=cfg.train.resolved_precision("cuda"))  # accounted for the GPU
     print(format_report(counts, memory, world, cfg.parallel.ep_size, cfg.model.preset))
     print(dry_run_memory_report(cfg, counts, world))
     return 0
@@ -101,8 +102,10 @@ def train(cfg) -> int:
         if cfg.multimodal and cfg.vision.init_from:
             init_vision_tower(model, cfg.vision.init_from)  # a resumed run's checkpoint overrides it
             logger.info(f"vision tower initialised from {cfg.vision.init_from}")
-        optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb)
-        logger.info(f"optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
+        precision = cfg.train.resolved_precision(device.type)
+        optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb,
+                                    param_dtype=torch.bfloat16 if precision == "bf16" else None)
+        logger.info(f"precision {precision} | optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
 
         parts = TrainingParts(model, optimizer, TrainState(), data.train)
         checkpointer = Checkpointer(cfg.checkpoint, groups, describe_run(cfg), logger)

@@ -224,9 +224,9 @@ class Trainer:
         return max(all_reduce_sum(count, self.groups).item(), 1.0)
 
     def _autocast(self):
-        precision = self.cfg.train.precision
-        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        if use_bf16:
+        """bf16: the parameters already are bf16 (the optimizer cast them); autocast keeps any op
+        that meets an fp32 input (RoPE tables, the residual of an fp32 embedding) in bf16 too."""
+        if self.cfg.train.resolved_precision(self.device.type) == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

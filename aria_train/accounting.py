@@ -122,12 +122,13 @@ def format_report(counts: ParameterCounts, memory: RankMemory, world_size: int, 
 #   * expert parallelism: a rank receives on average the rows its tokens send, T x top_k
 #     (uniform routing over EP ranks is the assumption; a hot rank sees more), and the all-to-all
 #     dispatcher keeps two more [rows] int64 permutations than the local one.
-#   * loss: one chunk of min(T, 4096) tokens of [chunk x V] logits at a time.
+#   * loss: one chunk of min(T, 4096) tokens of [chunk x V] logits at a time, its gradients
+#     computed in forward (aria_train.train.loss).
 # Peak = the largest of three moments, each "live saved tensors + the working set of the op
 # running then":
-#   end of forward: all saved tensors + one loss chunk's forward (logits, fp32 logits, log-softmax);
-#   loss backward:  all saved tensors + one chunk's backward (log-softmax output, its gradient
-#                   twice, the logits gradient) and the lm_head weight-gradient temporaries;
+#   end of forward: all saved tensors + the loss's forward (one chunk's logits, the gradient
+#                   buffers of the hidden rows and of the LM head);
+#   loss backward:  all saved tensors + the two gradients the loss kept, and their scaled copies;
 #   layer backward: all saved tensors (full mode: the block inputs plus one block's recomputed
 #                   tensors; selective: plus one MoE sub-block's) + the block's backward working
 #                   set above what it had saved (1.25 dispatched-row tensors, measured).
@@ -229,11 +230,14 @@ def activation_memory(
         "embedding_out_or_last_block_out": a * T * H,  # the one residual no layer term covers
     }
     c = min(loss_chunk_tokens, T)
-    # one loss chunk, forward: logits (+ its fp32 copy in bf16) and the fp32 log-softmax
-    loss_forward = (2 + 4 + 4) * c * V if bf16 else 8 * c * V
-    # one chunk's backward: log-softmax output, its gradient and the logits gradient ([c, V] fp32
-    # each), plus the lm_head weight-gradient temporaries: measured 12.0 cV + 4 VH bytes (fp32)
-    loss_backward = 12 * c * V + (2 if bf16 else 4) * V * H
+    w = 2 if bf16 else 4  # bytes of a weight (and of its gradient)
+    # the loss computes its gradients in forward (aria_train.train.loss): one chunk's logits
+    # ([c, V] in the compute dtype, then fp32, which becomes the softmax gradient in place, then
+    # the compute-dtype copy the products read), the hidden-gradient buffer [T, H], and the LM
+    # head's gradient (the product, and its fp32 accumulator in bf16)
+    loss_forward = (6 if bf16 else 4) * c * V + a * T * H + ((a + 4) if bf16 else 4) * V * H
+    # kept for backward: the two gradients; backward returns them scaled (new tensors)
+    loss_backward = 2 * (a * T * H + w * V * H)
     saved = cfg.num_layers * sum(per_layer.values()) + sum(global_terms.values())
     # the extra live bytes while one block runs backward (its saved tensors are freed as it goes):
     # measured on CPU at 1.2-1.27 dispatched-row tensors [T x top_k, H] in the activation dtype

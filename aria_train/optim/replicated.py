@@ -204,9 +204,11 @@ class ReplicatedAdamW:
 
     @staticmethod
     def _sum_sq(grads: list, device: torch.device) -> torch.Tensor:
+        """Sum of squares of every gradient: one fused norm kernel per dtype (no squared copies)."""
         if not grads:
             return torch.zeros((), dtype=torch.float32, device=device)
-        return torch.stack([g.float().pow(2).sum() for g in grads]).sum().to(torch.float32)
+        norms = torch._foreach_norm(grads, 2)
+        return torch.stack([n.float() for n in norms]).pow(2).sum()
 
     def __del__(self) -> None:
         if getattr(self, "_hooks", None):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from aria_train.train.loss import chunked_cross_entropy_sum, full_cross_entropy_sum
@@ -31,17 +32,17 @@ def test_masked_tokens_carry_no_loss():
 
 
 def _count_chunk_forwards(monkeypatch, tokens: int, chunk_tokens: int) -> int:
-    """How many times the LM head + cross-entropy of a chunk runs in one forward + backward."""
+    """How many times the LM head of a chunk runs in one forward + backward."""
     from aria_train.train import loss as loss_module
 
     calls = []
-    real = loss_module._chunk_loss
+    real = loss_module._chunk_loss_and_logit_grad
 
     def counting(*args):
         calls.append(args[0].shape[0])
         return real(*args)
 
-    monkeypatch.setattr(loss_module, "_chunk_loss", counting)
+    monkeypatch.setattr(loss_module, "_chunk_loss_and_logit_grad", counting)
     hidden = torch.randn(tokens, 8, requires_grad=True)
     weight = torch.randn(20, 8, requires_grad=True)
     labels = torch.randint(0, 20, (tokens,))
@@ -49,9 +50,37 @@ def _count_chunk_forwards(monkeypatch, tokens: int, chunk_tokens: int) -> int:
     return len(calls)
 
 
-def test_one_chunk_is_not_recomputed(monkeypatch):
-    """Issue 15, defect 7: when all tokens fit one chunk the LM head runs once (recomputing it
-    saves no memory and costs a second forward); several chunks are each recomputed in backward."""
+def test_no_chunk_is_recomputed(monkeypatch):
+    """Issue 15, defect 7: the LM head runs once per chunk in forward + backward (the gradients are
+    computed with the loss); before, every chunk was checkpointed and ran twice, even a single one."""
     assert _count_chunk_forwards(monkeypatch, tokens=16, chunk_tokens=16) == 1
     assert _count_chunk_forwards(monkeypatch, tokens=16, chunk_tokens=64) == 1
-    assert _count_chunk_forwards(monkeypatch, tokens=16, chunk_tokens=8) == 4  # 2 chunks x (forward + recompute)
+    assert _count_chunk_forwards(monkeypatch, tokens=16, chunk_tokens=8) == 2
+
+
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_fused_gradients_equal_autograd_of_the_full_loss_under_bf16_autocast(chunk):
+    torch.manual_seed(1)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    labels = torch.randint(0, 40, (23,))
+    mask = (torch.rand(23) > 0.2).float()
+    results = []
+    for fn in (lambda: chunked_cross_entropy_sum(hidden, weight, labels, mask, chunk_tokens=chunk),
+               lambda: full_cross_entropy_sum(hidden, weight, labels, mask)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn()
+        results.append((loss.detach(), *torch.autograd.grad(loss * 0.5, (hidden, weight))))
+    (loss, gh, gw), (ref_loss, ref_gh, ref_gw) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert gh.dtype == hidden.dtype and gw.dtype == weight.dtype
+    torch.testing.assert_close(gh, ref_gh, rtol=2e-2, atol=2e-3)  # bf16 products on both sides
+    torch.testing.assert_close(gw, ref_gw, rtol=2e-2, atol=2e-3)
+
+
+def test_without_gradients_nothing_is_kept():
+    hidden, weight = torch.randn(10, 8), torch.randn(12, 8)
+    labels = torch.randint(0, 12, (10,))
+    loss = chunked_cross_entropy_sum(hidden, weight, labels, torch.ones(10), chunk_tokens=4)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, full_cross_entropy_sum(hidden, weight, labels, torch.ones(10)))

@@ -61,6 +61,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             if need_weight:
                 part = grad_logits.t() @ hidden[rows].to(grad_logits.dtype)
                 grad_weight = part.to(_softmax_dtype(part.dtype)) if grad_weight is None else grad_weight.add_(part)
+            del grad_logits  # before the next chunk's logits exist: one [chunk, V] at a time
         ctx.save_for_backward(grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
         return total
 

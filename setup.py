@@ -21,7 +21,9 @@ setup(
         "matplotlib",  # tools/expert_heatmap.py
     ],
     extras_require={
-        "dev": ["pytest", "import-linter>=2.12"],  # import-linter: tests/test_architecture.py
+        # import-linter: tests/test_architecture.py; webdataset: the reference writer of shard
+        # layouts in tests; tokenizers: tests build a transformers tokenizer directory offline.
+        "dev": ["pytest", "import-linter>=2.12", "webdataset", "tokenizers"],
         # Corpus curation (tools/curate.py, tools/cluster_pack.py). datatrove's MinHash and exact
         # dedup hash str with xxhash < 4 (its own `processing` extra pins it); its JSONL reader
         # needs orjson; spacy provides the offline (blank, rule-based) English word tokenizer that

@@ -1,4 +1,5 @@
-"""Parameter and memory accounting for `launch/pretrain.py --dry-run`.
+"""Parameter and memory accounting: the per-rank byte model `launch/pretrain.py --dry-run`
+(aria_train.plan) reports.
 
 Counts come from a model built on the meta device (no memory). Memory per rank assumes the
 layout of DESIGN.md: dense parameters replicated on every rank, routed experts split over the EP
@@ -83,23 +84,6 @@ def memory_per_rank(counts: ParameterCounts, world_size: int, ep_size: int, zero
         optimizer = (8 if precision == "fp32" else 12) * local_params
     weight_bytes = 4 if precision == "fp32" else 2
     return RankMemory(weight_bytes * local_params, 4 * local_params, optimizer, precision)
-
-
-def format_report(counts: ParameterCounts, memory: RankMemory, world_size: int, ep_size: int, preset: str) -> str:
-    lines = [
-        f"model preset                 {preset}",
-        f"total parameters             {counts.total:,}",
-        f"  routed experts             {counts.routed_experts:,}",
-        f"  dense (attn, norms, router, shared experts, embeddings) {counts.dense:,}",
-        f"active parameters per token  {counts.active_per_token:,}",
-        f"  without embedding tables   {counts.active_without_embeddings:,}",
-        f"parallel layout              world {world_size}, ep-size {ep_size}, "
-        f"expert-data-parallel {world_size // ep_size}, ZeRO-1",
-        f"per-rank memory (GiB)        weights {memory.weights / GIB:.2f} ({memory.precision}) | "
-        f"gradients {memory.gradients / GIB:.2f} (fp32) | optimizer {memory.optimizer / GIB:.2f} "
-        f"(fp32 master + 2 moments, sharded) | total {memory.total / GIB:.2f}",
-    ]
-    return "\n".join(lines)
 
 
 # ---- activation memory -----------------------------------------------------------------------
@@ -250,29 +234,6 @@ def activation_memory(
     return ActivationEstimate(mode, T, per_layer, global_terms, recompute, phases, cfg.num_layers)
 
 
-def format_memory_table(memory: RankMemory, estimates: list, seq_length: int, micro_batch: int,
-                        device_bytes: float = 80e9) -> str:
-    """Per-GPU breakdown: persistent state plus the activation peak of each checkpointing mode."""
-    lines = [
-        f"per-GPU memory at seq {seq_length:,} x micro-batch {micro_batch} (GiB; budget {device_bytes / GIB:.1f} "
-        f"GiB = {device_bytes / 1e9:.0f} GB)",
-        f"  {f'weights ({memory.precision} parameters)':<30} {memory.weights / GIB:8.2f}",
-        f"  {'gradients (fp32 main grads)' if memory.precision == 'bf16' else 'gradients (fp32 buffers)':<30} "
-        f"{memory.gradients / GIB:8.2f}",
-        f"  optimizer (ZeRO-1 shard)       {memory.optimizer / GIB:8.2f}",
-        f"  persistent total               {memory.total / GIB:8.2f}",
-    ]
-    for est in estimates:
-        total = memory.total + est.peak
-        verdict = "fits" if total <= device_bytes else "does NOT fit"
-        worst = max(est.phases, key=est.phases.get)
-        lines.append(
-            f"  activations, {est.mode:<9} ckpt {est.peak / GIB:8.2f}   (saved {est.saved / GIB:.2f}, peak at "
-            f"{worst}) -> total {total / GIB:7.2f} GiB: {verdict}"
-        )
-    return "\n".join(lines)
-
-
 def measure_cpu_peak_bytes(fn) -> int:
     """Peak bytes of CPU tensor memory allocated above the starting point while fn() runs.
 
@@ -292,19 +253,3 @@ def measure_cpu_peak_bytes(fn) -> int:
         live += nbytes
         peak = max(peak, live)
     return peak
-
-
-def dry_run_memory_report(cfg, counts: ParameterCounts, world_size: int, device_bytes: float = 80e9) -> str:
-    """The per-GPU table `launch/pretrain.py --dry-run` prints for a RunConfig: persistent state
-    plus the activation peak at data.seq_length x train.micro_batch_size for every checkpointing
-    mode, in train.precision's layout (auto = bf16, the GPU's), against an 80 GB GPU."""
-    ep = cfg.parallel.ep_size
-    precision = cfg.train.resolved_precision("cuda")
-    memory = memory_per_rank(counts, world_size, ep, zero1=cfg.optimizer.zero1, precision=precision)
-    seq, micro = cfg.data.seq_length, cfg.train.micro_batch_size
-    estimates = [activation_memory(cfg.model, seq, micro, mode, ep_size=ep, precision=precision)
-                 for mode in CHECKPOINT_MODES]
-    table = format_memory_table(memory, estimates, seq, micro, device_bytes)
-    configured = cfg.model.activation_checkpointing
-    return (table + f"\n  configured: model.activation_checkpointing={configured}; precision {precision}, "
-            f"flash attention, grouped expert GEMM, expert rows T x top_k per rank, no fragmentation margin")

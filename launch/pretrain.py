@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         if args.dry_run:
             return dry_run(args)
         cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args), world_size=world)
-        return train(cfg)
+        return train(with_checkpoint_shapes(cfg, world))
     except (ConfigError, DataError, UserError) as error:
         if rank == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
@@ -48,36 +48,42 @@ def _shutdown_distributed() -> None:
 
 
 def dry_run(args) -> int:
-    from aria_train.accounting import count_parameters, dry_run_memory_report, format_report, memory_per_rank
-    from aria_train.model.decoder import build_model
     from aria_train.parallel.config import check_ep_divides_world
+    from aria_train.plan.report import dry_run_report
+    from aria_train.plan.timing import DEFAULT_MFU
 
-    world = args.world_size or 8
-    # Batch sizes do not enter the accounting, so only the expert layout is checked against world.
-    cfg = build_config(args.stage, args.config, args.model, overrides_from_args(args))
+    cfg = with_checkpoint_shapes(build_config(args.stage, args.config, args.model, overrides_from_args(args)))
+    world = args.world_size or cfg.parallel.min_world_size or 8
     check_ep_divides_world(cfg.parallel.ep_size, world, "--world-size")
-    model = build_model(cfg.model, device="meta")
-    counts = count_parameters(model, cfg.model)
-    memory = memory_per_rank(counts, world, cfg.parallel.ep_size, zero1=cfg.optimizer.zero1,
-                             precision=cfg.train.resolved_precision("cuda"))  # accounted for the GPU
-    print(format_report(counts, memory, world, cfg.parallel.ep_size, cfg.model.preset))
-    print(dry_run_memory_report(cfg, counts, world))
+    print(dry_run_report(cfg, world, mfu=args.mfu or DEFAULT_MFU))
     return 0
+
+
+def with_checkpoint_shapes(cfg, world_size=None):
+    """With checkpoint.init_from_hf: the model, ViT and projector shapes of that checkpoint."""
+    if not cfg.checkpoint.init_from_hf:
+        return cfg
+    from aria_train.convert.hf_init import with_hf_shapes
+
+    return with_hf_shapes(cfg, cfg.checkpoint.init_from_hf).validate(world_size)
 
 
 def train(cfg) -> int:
     import torch
 
     from aria_train.checkpoint import Checkpointer, TrainingParts
+    from aria_train.convert.hf_init import load_hf_weights
     from aria_train.convert.hf_multimodal import init_vision_tower
     from aria_train.data.stage_data import build_stage_data
     from aria_train.model.build import build_stage_model
+    from aria_train.model.freeze import freeze_parameters
     from aria_train.optim.build import build_optimizer
     from aria_train.parallel import distributed as dist_utils
     from aria_train.parallel.expert_parallel import apply_expert_parallel
     from aria_train.parallel.groups import init_parallel_groups
     from aria_train.train.callbacks import default_callbacks
     from aria_train.train.metrics import MetricsLogger
+    from aria_train.train.budget import describe_budget
     from aria_train.train.run_config import describe_run
     from aria_train.train.state import TrainState
     from aria_train.train.stopping import StopController
@@ -90,8 +96,13 @@ def train(cfg) -> int:
         torch.manual_seed(cfg.train.seed)
         groups = init_parallel_groups(cfg.parallel.ep_size)
         logger = MetricsLogger(cfg.logging, groups.rank, run_config=to_dict(cfg))
-        logger.info(f"stage {cfg.stage} | preset {cfg.model.preset} | world {groups.world_size} | "
+        logger.info(f"stage {cfg.stage} | {cfg.recipe} | preset {cfg.model.preset} | world {groups.world_size} | "
                     f"ep-size {groups.ep_size} | device {device.type}")
+        logger.info(f"tokens: {describe_budget(cfg)}")
+        if cfg.parallel.min_world_size and groups.world_size < cfg.parallel.min_world_size:
+            logger.info(f"note: world {groups.world_size} is below parallel.min_world_size "
+                        f"{cfg.parallel.min_world_size}, the smallest this layout fits 80 GB GPUs at "
+                        f"(see --dry-run --world-size {groups.world_size})")
 
         data = build_stage_data(cfg, groups, logger)
 
@@ -102,6 +113,12 @@ def train(cfg) -> int:
         if cfg.multimodal and cfg.vision.init_from:
             init_vision_tower(model, cfg.vision.init_from)  # a resumed run's checkpoint overrides it
             logger.info(f"vision tower initialised from {cfg.vision.init_from}")
+        if cfg.checkpoint.init_from_hf:  # so does it override this
+            loaded = load_hf_weights(model, cfg.checkpoint.init_from_hf)
+            logger.info(f"weights from transformers checkpoint {cfg.checkpoint.init_from_hf}: {loaded}")
+        if cfg.train.freeze:
+            frozen = freeze_parameters(model, cfg.train.freeze)
+            logger.info(f"frozen ({', '.join(cfg.train.freeze)}): {frozen:,} parameters on this rank take no gradient")
         precision = cfg.train.resolved_precision(device.type)
         optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb,
                                     param_dtype=torch.bfloat16 if precision == "bf16" else None)

@@ -24,7 +24,8 @@ def main(argv=None) -> int:
         model, cfg = load_trained_model(args.checkpoint)
         if not cfg.multimodal:
             raise UserError(f"checkpoint {args.checkpoint} is a text-only (stage {cfg.stage}) model")
-        probe = caption_loss_real_vs_blank(model, cfg, load_tokenizer(cfg.data.tokenizer_model), args.samples)
+        tokenizer = load_tokenizer(cfg.data.tokenizer_model, cfg.data.tokenizer_type)
+        probe = caption_loss_real_vs_blank(model, cfg, tokenizer, args.samples)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

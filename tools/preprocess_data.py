@@ -1,11 +1,14 @@
 """Tokenize a JSONL file into a Megatron indexed dataset (OUT.bin + OUT.idx).
 
     python tools/preprocess_data.py --input docs.jsonl --output-prefix data/docs \
-        [--tokenizer-model tok.model] [--json-key text] [--no-append-eod]
+        [--tokenizer-type SentencePieceTokenizer|HuggingFaceTokenizer] [--tokenizer-model tok.model|DIR] \
+        [--json-key text] [--no-append-eod]
 
 The output is the format Megatron-LM's tools/preprocess_data.py writes, so either tool's output
-loads in either framework (given the same tokenizer). Without --tokenizer-model the demo
-tokenizer shipped in the repo is used.
+loads in either framework (given the same tokenizer). The tokenizer flags follow Megatron's: a
+sentencepiece model file, or with --tokenizer-type HuggingFaceTokenizer (or huggingface) a local
+transformers tokenizer directory. Without --tokenizer-model the demo tokenizer shipped in the
+repo is used.
 """
 
 import argparse
@@ -23,7 +26,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="JSONL file, one document per line")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX.bin and PREFIX.idx")
-    parser.add_argument("--tokenizer-model", default="", help="sentencepiece model; default: demo")
+    parser.add_argument("--tokenizer-type", default="sentencepiece",
+                        help="SentencePieceTokenizer | HuggingFaceTokenizer (or sentencepiece | huggingface)")
+    parser.add_argument("--tokenizer-model", default="",
+                        help="sentencepiece model file or transformers tokenizer directory; default: demo")
     parser.add_argument("--json-key", default="text", help="field holding the document text")
     parser.add_argument(
         "--append-eod",
@@ -33,7 +39,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        tokenizer = load_tokenizer(args.tokenizer_model)
+        tokenizer = load_tokenizer(args.tokenizer_model, args.tokenizer_type)
         stats = preprocess_jsonl(
             args.input, args.output_prefix, tokenizer, args.json_key, args.append_eod
         )

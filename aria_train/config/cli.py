@@ -18,6 +18,7 @@ FLAG_TO_KEY = {
     "data_path": "data.data_path",
     "split": "data.split",
     "tokenizer_model": "data.tokenizer_model",
+    "tokenizer_type": "data.tokenizer_type",
     "lr": "optimizer.lr",
     "min_lr": "optimizer.min_lr",
     "clip_grad": "optimizer.clip_grad",
@@ -35,13 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stage", type=int, required=True, help="curriculum stage 1-4")
     parser.add_argument("--config", default=None, help="YAML file (default: the stage's pipelines/ config)")
-    parser.add_argument("--model", default=None, help="model preset: tiny | aria-25b")
+    parser.add_argument("--model", default=None,
+                        help="a recipe of the stage (pipelines/stageN_*/NAME.yaml: aria-25b, aria-25b-finetune, ...) "
+                             "or a model preset for the stage's config.yaml (tiny | aria-25b)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set model.moe.top_k=4 (repeatable)")
     parser.add_argument("--dry-run", action="store_true",
                         help="build on the meta device, print parameter and memory accounting, exit")
     parser.add_argument("--world-size", type=int, default=None,
-                        help="with --dry-run: the number of GPUs to account for (default 8)")
+                        help="with --dry-run: the number of GPUs to account for (default: the recipe's "
+                             "parallel.min_world_size, else 8)")
+    parser.add_argument("--mfu", type=float, default=None,
+                        help="with --dry-run: the model-FLOPs utilisation the time estimate assumes (default 0.30)")
+    parser.add_argument("--init-from-hf", default=None, metavar="DIR",
+                        help="start from a transformers Aria checkpoint directory (config.json + safetensors + "
+                             "tokenizer): its weights, model shapes and tokenizer; fresh optimizer, step 0")
     parser.add_argument("--no-load-optim", action="store_true",
                         help="with --load: take weights only (fresh optimizer, step 0)")
     parser.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
@@ -60,6 +69,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
             overrides[key] = value
     if args.no_load_optim:
         overrides["checkpoint.load_optim"] = False
+    if args.init_from_hf:  # the directory's weights instead of the previous stage's, and its tokenizer
+        overrides["checkpoint.init_from_hf"] = args.init_from_hf
+        overrides["checkpoint.init_from"] = ""
+        if "data.tokenizer_model" not in overrides:  # --tokenizer-model names another one
+            overrides["data.tokenizer_model"] = args.init_from_hf
+            overrides["data.tokenizer_type"] = "huggingface"
     if args.wandb:
         overrides["logging.wandb"] = True
     for item in args.set:

@@ -9,6 +9,7 @@ demo shards when `data.mm_data_path` is empty), packed into `seq_length` sequenc
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,7 +32,7 @@ class StageData:
 
 
 def build_stage_data(cfg, groups, logger) -> StageData:
-    tokenizer = load_tokenizer(cfg.data.tokenizer_model)
+    tokenizer = load_tokenizer(cfg.data.tokenizer_model, cfg.data.tokenizer_type)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens"
@@ -87,22 +88,33 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
         MultimodalMicroBatchIterator,
         MultimodalMixture,
         ShardSource,
+        ensure_indexes,
+        list_shards,
     )
 
     data_cfg, train_cfg = cfg.data, cfg.train
-    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode)
-    shard_sets = _multimodal_shard_sets(cfg, groups, logger)
+    image_cfg = ImageConfig.from_projector(cfg.projector, patch_size=cfg.vision.patch_size, mode=data_cfg.image_mode,
+                                           split=data_cfg.image_split)
+    shard_sets = _multimodal_shard_sets(cfg, groups, logger, tokenizer)
     total_mm = sum(weight for weight, _ in shard_sets)
+    image_root = data_cfg.mm_image_root or None
+    units = [unit for _, directory in shard_sets for unit in list_shards(directory)]
+    # Every rank indexes its share of the units that lack a current length index, then all agree.
+    ensure_indexes(units, tokenizer, image_root, groups.rank, groups.world_size,
+                   functools.partial(_gather_messages, groups), logger)
 
     def mixture(language_set, split_seed: int) -> MultimodalMixture:
         sources = []
         if data_cfg.language_weight > 0:
-            sources.append((data_cfg.language_weight, LanguageSource(language_set)))
+            # GPTDataset chunks are seq_length tokens + the last label: packing needs no read
+            sources.append((data_cfg.language_weight, LanguageSource(language_set, doc_length=data_cfg.seq_length + 1)))
         for weight, directory in shard_sets:
             share = (1.0 - data_cfg.language_weight) * weight / total_mm
-            sources.append((share, ShardSource(directory, seed=split_seed)))
+            sources.append((share, ShardSource(directory, seed=split_seed, image_root=image_root, build_indexes=False)))
         return MultimodalMixture(sources, data_cfg.seq_length, split_seed, tokenizer=tokenizer, image_cfg=image_cfg,
-                                 on_bad_sample=data_cfg.on_bad_sample)
+                                 on_bad_sample=data_cfg.on_bad_sample, formats=data_cfg.mm_formats,
+                                 max_bad_fraction=data_cfg.max_bad_fraction,
+                                 bad_sample_window=data_cfg.bad_sample_window, mix_by=data_cfg.mix_by)
 
     def batches(language_set, split_seed: int) -> MultimodalMicroBatchIterator:
         return MultimodalMicroBatchIterator(mixture(language_set, split_seed), train_cfg.global_batch_size,
@@ -118,7 +130,16 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
     return StageData(batches(train_set, train_cfg.seed), valid_factory, tokenizer)
 
 
-def _multimodal_shard_sets(cfg, groups, logger) -> list[tuple[float, str]]:
+def _gather_messages(groups, message: str) -> list:
+    """Every rank's message (a barrier too)."""
+    if not groups.distributed:
+        return [message]
+    messages = [None] * groups.world_size
+    dist.all_gather_object(messages, message, group=groups.world_group)
+    return messages
+
+
+def _multimodal_shard_sets(cfg, groups, logger, tokenizer) -> list[tuple[float, str]]:
     from aria_train.data.multimodal import write_synthetic_shards
 
     data_cfg = cfg.data
@@ -135,7 +156,7 @@ def _multimodal_shard_sets(cfg, groups, logger) -> list[tuple[float, str]]:
     directory = Path(data_cfg.cache_dir) / f"synthetic_{kind or 'mixed'}_{data_cfg.synthetic_samples}"
     done = directory / "COMPLETE"
     if groups.rank == 0 and not done.exists():
-        write_synthetic_shards(directory, data_cfg.synthetic_samples, seed=0, size=70, kind=kind)
+        write_synthetic_shards(directory, data_cfg.synthetic_samples, seed=0, size=70, kind=kind, tokenizer=tokenizer)
         done.touch()  # written last: a crash mid-way leaves no COMPLETE, and the next run rebuilds
     _barrier(groups)
     logger.info(f"data: synthetic demo shards {directory}")

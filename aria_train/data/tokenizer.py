@@ -1,4 +1,5 @@
-"""ARIA's tokenizer: a sentencepiece model plus the special tokens the model relies on.
+"""ARIA's tokenizer: a sentencepiece model plus the special tokens the model relies on (or a
+transformers tokenizer directory with the same tokens: hf_tokenizer.py, load_tokenizer).
 
 Vocabulary layout of models trained by train_tokenizer.py (the demo model included):
     0 <pad>            padding, never produced by encode()
@@ -126,13 +127,47 @@ class AriaTokenizer:
         self.__init__(state["model_proto"], state["source"])
 
 
-def load_tokenizer(path: str = "") -> AriaTokenizer:
-    """Load a sentencepiece model; "" loads the demo model shipped in the repo."""
-    model_path = Path(path) if path else DEMO_TOKENIZER_PATH
-    source = str(model_path) if path else f"<demo> {model_path}"
-    if not model_path.is_file():
-        raise DataError(f"tokenizer {source}: file not found")
-    return AriaTokenizer(model_path.read_bytes(), source)
+def tokenizer_kind(name: str) -> str:
+    """sentencepiece | huggingface from our names, Megatron's (--tokenizer-type) or "hf"."""
+    from aria_train.data.config import TOKENIZER_TYPES
+
+    kind = TOKENIZER_TYPES.get(name) or {"hf": "huggingface"}.get(name)
+    if kind is None:
+        names = ", ".join(sorted(set(TOKENIZER_TYPES)))
+        raise DataError(f"tokenizer type {name!r}: expected one of {names}")
+    return kind
+
+
+def load_tokenizer(path: str = "", kind: str = "sentencepiece", check: bool = True):
+    """ARIA's tokenizer: a sentencepiece model file ("" = the demo model shipped in the repo) or,
+    with kind="huggingface", a local transformers tokenizer directory. With check, the special
+    tokens ARIA needs must all be in it (check_special_tokens)."""
+    if tokenizer_kind(kind) == "huggingface":
+        from aria_train.data.hf_tokenizer import HFTokenizer
+
+        if not path:
+            raise DataError("tokenizer: the huggingface type needs a tokenizer directory (data.tokenizer_model)")
+        tokenizer = HFTokenizer(path)
+    else:
+        model_path = Path(path) if path else DEMO_TOKENIZER_PATH
+        source = str(model_path) if path else f"<demo> {model_path}"
+        if not model_path.is_file():
+            raise DataError(f"tokenizer {source}: file not found")
+        tokenizer = AriaTokenizer(model_path.read_bytes(), source)
+    if check:
+        check_special_tokens(tokenizer)
+    return tokenizer
+
+
+def check_special_tokens(tokenizer) -> None:
+    """Every token ARIA relies on (end of document, chat turns, image slots) is one token of the
+    vocabulary; one DataError line naming the first one missing."""
+    for piece in (EOD_PIECE,) + SPECIAL_TOKENS:
+        try:
+            tokenizer.token_id(piece)
+        except DataError:
+            raise DataError(f"tokenizer {tokenizer.source}: no token {piece!r} in the vocabulary "
+                            f"(ARIA needs {EOD_PIECE}, {', '.join(SPECIAL_TOKENS)})")
 
 
 def _first_line(err: Exception) -> str:

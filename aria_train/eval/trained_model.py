@@ -36,7 +36,7 @@ def load_trained_model(checkpoint: str, text_only: bool = False, rope_base: Opti
     if rope_base is not None:
         cfg.model.rope_base = rope_base
     cfg.parallel.ep_size = 1
-    tokenizer = load_tokenizer(cfg.data.tokenizer_model) if cfg.multimodal else None
+    tokenizer = load_tokenizer(cfg.data.tokenizer_model, cfg.data.tokenizer_type) if cfg.multimodal else None
     model = build_stage_model(cfg, tokenizer)
     model.to_empty(device="cpu")
     model.init_weights(cfg.train.seed)

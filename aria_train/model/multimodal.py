@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from aria_train.model.config import ModelConfig
 from aria_train.model.vision_config import ProjectorConfig, VisionConfig
@@ -24,6 +25,7 @@ from aria_train.model.attention import DocumentMask
 from aria_train.model.decoder import AriaForCausalLM, DecoderOutput
 from aria_train.model.projector import Projector
 from aria_train.model.vision import Grid, VisionTransformer
+from aria_train.nn.image_patches import grid_list
 
 
 class AriaForConditionalGeneration(nn.Module):
@@ -51,7 +53,25 @@ class AriaForConditionalGeneration(nn.Module):
         self.multi_modal_projector.init_weights(seed)
 
     def image_features(self, patches: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """patches [T, C*p*p] packed, grid [(h_i, w_i)] -> [sum_i Q_i, hidden] (decoder width)."""
+        """patches [T, C*p*p] packed, grid [(h_i, w_i)] -> [sum_i Q_i, hidden] (decoder width).
+
+        vision.activation_checkpointing="crops" (training): the ViT and projector run on groups
+        of vision.checkpoint_crops crops, each group a checkpoint region that keeps only its
+        pixels and is recomputed in backward on its own. Crops are independent in both (attention
+        stays inside a crop), so the features are the same as in one pass."""
+        grid = grid_list(grid)
+        group = self.vision_cfg.checkpoint_crops
+        if not (self.vision_cfg.activation_checkpointing == "crops" and self.training and torch.is_grad_enabled()):
+            return self._features(patches, grid)
+        out, start = [], 0
+        for first in range(0, len(grid), group):
+            crops = grid[first : first + group]
+            end = start + sum(h * w for h, w in crops)
+            out.append(checkpoint(self._features, patches[start:end], crops, use_reentrant=False))
+            start = end
+        return torch.cat(out)
+
+    def _features(self, patches: torch.Tensor, grid: list) -> torch.Tensor:
         return self.multi_modal_projector(self.vision_tower(patches, grid), grid)
 
     def embed(

@@ -262,7 +262,7 @@ class VisionTransformer(nn.Module):
             position_ids = bucketed_position_ids(grid, self.cfg.num_patches_per_side, patches.device)
         x = self.embeddings(patches, position_ids)
         for layer in self.encoder.layers:
-            if self.activation_checkpointing and self.training:
+            if self.activation_checkpointing == "layer" and self.training:
                 x = checkpoint(layer, x, segments, self.attention_backend, use_reentrant=False)
             else:
                 x = layer(x, segments, self.attention_backend)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from aria_train.config import ConfigError, require_positive
 from aria_train.config.presets import VISION_PRESETS
@@ -30,7 +30,11 @@ class VisionConfig:
     # A SigLIP / Idefics3 vision checkpoint (safetensors, HF layout) the ViT starts from when a
     # multimodal stage starts fresh; a resumed run's own checkpoint takes precedence.
     init_from: str = ""
-    activation_checkpointing: bool = False
+    # none | layer: recompute each encoder layer in backward (keeps every layer's input) |
+    # crops: recompute the ViT and projector for groups of `checkpoint_crops` crops (keeps only
+    # the pixels; the only mode whose memory does not grow with ViT depth x crops: 64K context)
+    activation_checkpointing: Literal["none", "layer", "crops"] = "none"
+    checkpoint_crops: int = 8
 
     @property
     def num_patches_per_side(self) -> int:
@@ -38,7 +42,7 @@ class VisionConfig:
 
     def validate(self) -> "VisionConfig":
         require_positive(self, "vision", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                         "patch_size", "image_size", "num_channels")
+                         "patch_size", "image_size", "num_channels", "checkpoint_crops")
         if self.hidden_size % self.num_heads != 0:
             raise ConfigError(f"vision.num_heads={self.num_heads} does not divide vision.hidden_size={self.hidden_size}")
         if self.image_size % self.patch_size != 0:

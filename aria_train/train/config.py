@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from aria_train.config import ConfigError, require_positive
+from aria_train.model.freeze import FreezeGroup
 
 
 @dataclass
@@ -28,6 +29,11 @@ class TrainConfig:
     #   master weights and AdamW moments (ZeRO-1 shards); checkpoints hold the fp32 masters.
     # auto: bf16 on CUDA, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # A stage's length in tokens, as papers state it: train_iters and global_batch_size follow
+    # (aria_train.train.budget) unless given explicitly, which then wins (with a note).
+    token_budget: Optional[int] = None  # tokens to train on; train_iters = ceil(budget / tokens per step)
+    global_batch_tokens: Optional[int] = None  # tokens per step; global_batch_size = this / data.seq_length
+    freeze: list[FreezeGroup] = field(default_factory=list)  # no gradient, no optimizer state (model/freeze.py)
 
     def validate(self) -> "TrainConfig":
         require_positive(self, "train", "train_iters", "micro_batch_size", "global_batch_size")

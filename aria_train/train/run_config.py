@@ -29,6 +29,7 @@ from aria_train.model.vision_config import ProjectorConfig, VisionConfig
 from aria_train.moe.layout import ExpertLayout
 from aria_train.optim.config import OptimizerConfig
 from aria_train.parallel.config import ParallelConfig, check_ep_divides_world
+from aria_train.train.budget import apply_token_budget
 from aria_train.train.config import LoggingConfig, ScheduleConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ STAGE_DIRS = {1: "stage1_lang", 2: "stage2_mm", 3: "stage3_longctx", 4: "stage4_
 @dataclass
 class RunConfig:
     stage: int = 1
+    recipe: str = ""  # the YAML the run was built from (set by build_config)
     multimodal: bool = False  # stage 2 on: ViT + projector + decoder
     model: ModelConfig = field(default_factory=ModelConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -71,10 +73,23 @@ def describe_run(cfg: RunConfig) -> RunDescription:
                           rope_base=cfg.model.rope_base, num_experts=cfg.model.moe.num_experts)
 
 
-def stage_config_path(stage: int) -> Path:
+def stage_dir(stage: int) -> Path:
     if stage not in STAGE_DIRS:
         raise ConfigError(f"--stage {stage} is not one of {sorted(STAGE_DIRS)}")
-    return REPO_ROOT / "pipelines" / STAGE_DIRS[stage] / "config.yaml"
+    return REPO_ROOT / "pipelines" / STAGE_DIRS[stage]
+
+
+def stage_recipes(stage: int) -> list[str]:
+    """The named recipes of a stage: pipelines/stageN_*/NAME.yaml beside config.yaml."""
+    return sorted(p.stem for p in stage_dir(stage).glob("*.yaml") if p.name != "config.yaml")
+
+
+def stage_config_path(stage: int, model: Optional[str] = None) -> Path:
+    """The stage's recipe `model` (pipelines/stageN_*/MODEL.yaml) if there is one, else its
+    config.yaml (the tiny CPU preset's run, which `--model PRESET` resizes)."""
+    if model and (stage_dir(stage) / f"{model}.yaml").is_file():
+        return stage_dir(stage) / f"{model}.yaml"
+    return stage_dir(stage) / "config.yaml"
 
 
 def build_config(
@@ -86,10 +101,18 @@ def build_config(
 ) -> RunConfig:
     """The resolved config of a run: defaults, then presets, then YAML, then overrides.
 
-    `overrides` maps dotted keys (`model.moe.top_k`) to values, already parsed or as strings."""
-    raw = load_yaml(config_file or stage_config_path(stage))
+    `preset` is `--model`: a recipe of the stage (pipelines/stageN_*/NAME.yaml, which names its
+    own model preset) or a model preset applied to the stage's config.yaml. `overrides` maps
+    dotted keys (`model.moe.top_k`) to values, already parsed or as strings."""
+    path = Path(config_file) if config_file else stage_config_path(stage, preset)
+    raw = load_yaml(path)
     raw.setdefault("stage", stage)
     overrides = dict(overrides or {})
+    if preset and path.parent == stage_dir(stage) and path.stem == preset:  # a recipe names its preset
+        preset = None
+    elif preset and preset not in MODEL_PRESETS:
+        raise ConfigError(f"--model {preset!r} is neither a model preset ({', '.join(MODEL_PRESETS)}) nor a "
+                          f"recipe of stage {stage} ({', '.join(stage_recipes(stage)) or 'none'})")
     preset = preset or overrides.pop("model.preset", None) or raw.get("model", {}).get("preset", "tiny")
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"model.preset={preset!r} is not one of {', '.join(MODEL_PRESETS)}")
@@ -98,9 +121,17 @@ def build_config(
     if vision_name not in VISION_PRESETS:
         raise ConfigError(f"vision.preset={vision_name!r} is not one of {', '.join(VISION_PRESETS)}")
     presets = {"model": MODEL_PRESETS[preset], **VISION_PRESETS[vision_name]}
-    names = {"model": {"preset": preset}, "vision": {"preset": vision_name}}
+    names = {"model": {"preset": preset}, "vision": {"preset": vision_name}, "recipe": _relative(path)}
     config = resolve(RunConfig, [presets, raw, names], overrides)
+    apply_token_budget(config, raw, overrides)
     return config.validate(world_size)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def load_saved_run_config(path: Path) -> RunConfig:
@@ -113,6 +144,9 @@ def load_saved_run_config(path: Path) -> RunConfig:
     model_raw = raw.get("model", {})
     if isinstance(model_raw.get("activation_checkpointing"), bool):  # saved before the modes existed
         model_raw["activation_checkpointing"] = "full" if model_raw["activation_checkpointing"] else "none"
+    vision_raw = raw.get("vision", {})
+    if isinstance(vision_raw.get("activation_checkpointing"), bool):  # saved before the vision modes existed
+        vision_raw["activation_checkpointing"] = "layer" if vision_raw["activation_checkpointing"] else "none"
     while True:
         try:
             return from_dict(RunConfig, raw, "")

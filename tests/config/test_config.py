@@ -30,6 +30,9 @@ def test_preset_and_overrides_apply_in_order():
         ({"model.moe.balance_group_size": 5}, "model.moe.balance_group_size=5 does not divide"),
         ({"parallel.ep_size": 3}, "parallel.ep_size=3 does not divide model.moe.num_experts=16"),
         ({"schedule.style": "linear"}, "schedule.style='linear' is not one of"),
+        ({"data.tokenizer_type": "huggingface"}, "data.tokenizer_type=huggingface needs data.tokenizer_model"),
+        ({"vision.activation_checkpointing": True}, "vision.activation_checkpointing=True is not one of"),
+        ({"train.freeze": ["experts"]}, "train.freeze='experts' is not one of"),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(overrides, message):
@@ -50,5 +53,7 @@ def test_world_size_checks():
 def test_missing_config_file_and_unknown_preset(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_config(1, config_file=tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="model.preset='huge' is not one of"):
+    with pytest.raises(ConfigError, match="--model 'huge' is neither a model preset"):
         build_config(1, preset="huge")
+    with pytest.raises(ConfigError, match="model.preset='huge' is not one of"):
+        build_config(1, overrides={"model.preset": "huge"})

@@ -38,8 +38,10 @@ def build_shards_from_jsonl(
     on_bad_sample: str = "skip",
     prefix: str = "shard",
     check_images: bool = True,
+    tokenizer=None,
 ) -> dict:
-    """-> {"shards": [...], "samples": n, "bad_samples": n, "kinds": {kind: n}}"""
+    """-> {"shards": [...], "samples": n, "bad_samples": n, "kinds": {kind: n}}; each shard's
+    length index is written for `tokenizer` (default: the demo tokenizer)."""
     path = Path(jsonl)
     if not path.is_file():
         raise DataError(f"jsonl {jsonl}: file not found")
@@ -50,27 +52,18 @@ def build_shards_from_jsonl(
     if seed is not None:
         order = np.random.default_rng(int(seed)).permutation(len(lines)).tolist()
     kinds: dict = {}
-    with ShardWriter(out_dir, samples_per_shard, prefix=prefix) as writer:
+    if tokenizer is None:
+        from aria_train.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer("")
+    with ShardWriter(out_dir, samples_per_shard, prefix=prefix, tokenizer=tokenizer) as writer:
         for n in order:
             line = lines[n].strip()
             if not line:
                 continue
             key = f"s{n:09d}"
             try:
-                try:
-                    meta = json.loads(line)
-                except ValueError as err:
-                    raise BadSample(f"malformed JSON: {err}")
-                if not isinstance(meta, dict):
-                    raise BadSample("the line is not a JSON object")
-                key = str(meta.pop("key", key))
-                if not key or "." in key or "/" in key:
-                    raise BadSample(f"key {key!r} has '.' or '/'")
-                paths = meta.pop("images", [])
-                if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-                    raise BadSample("'images' is not a list of paths")
-                kind = validate_sample(meta, set(range(len(paths))))
-                images = _read_images(paths, root, check_images)
+                key, meta, kind, images = _sample_of_line(line, key, root, check_images)
                 writer.write(key, meta, images)
                 kinds[kind] = kinds.get(kind, 0) + 1
             except BadSample as err:
@@ -80,10 +73,23 @@ def build_shards_from_jsonl(
     return {"shards": writer.shards, "samples": writer.num_samples, "bad_samples": bad.count, "kinds": kinds}
 
 
-def _read_images(paths: list, root: Path, check_images: bool) -> list:
-    """(extension, bytes) of each image file; BadSample naming the first missing or unreadable one."""
+def _sample_of_line(line: str, key: str, root: Path, check_images: bool) -> tuple:
+    """One JSONL line -> (key, sample JSON, kind, [(ext, bytes)]); BadSample when it cannot be."""
     from PIL import Image
 
+    try:
+        meta = json.loads(line)
+    except ValueError as err:
+        raise BadSample(f"malformed JSON: {err}")
+    if not isinstance(meta, dict):
+        raise BadSample("the line is not a JSON object")
+    key = str(meta.pop("key", key))
+    if not key or "." in key or "/" in key:
+        raise BadSample(f"key {key!r} has '.' or '/'")
+    paths = meta.pop("images", [])
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise BadSample("'images' is not a list of paths")
+    kind = validate_sample(meta, set(range(len(paths))))
     images = []
     for i, p in enumerate(paths):
         file = Path(p) if os.path.isabs(p) else root / p
@@ -97,4 +103,4 @@ def _read_images(paths: list, root: Path, check_images: bool) -> list:
             except Exception as err:
                 raise BadSample(f"image {i}: {file.name}: {err}")
         images.append((file.suffix.lstrip(".").lower() or "bin", data))
-    return images
+    return key, meta, kind, images

@@ -11,6 +11,7 @@ sample key:
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 
 from aria_train.data.errors import DataError
@@ -25,8 +26,8 @@ class BadSample(Exception):
 
 
 def one_line(text) -> str:
-    text = " ".join(str(text).split())
-    return text[:300]
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(text))  # PIL names "<_io.BytesIO object at 0x..>"
+    return " ".join(text.split())[:300]
 
 
 class BadSamples:

@@ -29,7 +29,8 @@ Resolution modes follow image_tokens.py, with sizes from ImageConfig (the tiny p
 crops or ARIA's 490/980 px):
     medium      one crop, long side -> resolutions["medium"]
     high        one crop, long side -> resolutions["high"]
-    ultra-high  a global view + tiles of tile_size px (ARIA's split grids)
+    ultra-high  a global view + tiles of tile_size px (ARIA's split grids), or with
+                split="transformers" AriaImageProcessor's best-fit tiles (aria_train.data.image_split)
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ import numpy as np
 
 from aria_train.data.chat import conversation_pieces
 from aria_train.data.errors import DataError
+from aria_train.data.image_split import split_grid, split_transformers
 from aria_train.data.image_tokens import MIN_SIZE, PATCH_SIZE, SPLIT_RATIOS, ImageCrops, process_image, select_split
 from aria_train.data.multimodal.errors import BadSample, one_line
 from aria_train.data.multimodal.schema import timestamp, validate_sample
-from aria_train.data.multimodal.shards import RawSample
+from aria_train.data.multimodal.layouts import RawSample
 from aria_train.data.tokenizer import SPECIAL_TOKENS
 
 try:
@@ -72,11 +74,14 @@ class ImageConfig:
     min_size: Optional[int] = None
     patch_size: int = PATCH_SIZE
     split_ratios: tuple = SPLIT_RATIOS
+    split: str = "aria"  # ultra-high: aria (global view + closest-ratio tiles) | transformers (best fit)
 
     def __post_init__(self):
         self.size_to_queries = {int(k): int(v) for k, v in self.size_to_queries.items()}
         if self.mode not in RESOLUTION_MODES:
             raise DataError(f"image mode {self.mode!r}: expected one of {', '.join(RESOLUTION_MODES)}")
+        if self.split not in ("aria", "transformers"):
+            raise DataError(f"image split {self.split!r}: expected aria or transformers")
         for size in (self.crop_size, self.tile_size):
             if size not in self.size_to_queries:
                 raise DataError(f"image crop size {size} px has no query count in {self.size_to_queries}")
@@ -111,12 +116,18 @@ class ImageConfig:
     def num_crops(self, width: int, height: int) -> int:
         if self.mode != "ultra-high":
             return 1
+        if self.split == "transformers":
+            rows, cols = split_grid(width, height, self.tile_size, int(self.resolutions["medium"]), self.split_ratios)
+            return rows * cols
         rows, cols = select_split(width, height, self.tile_size, self.split_ratios)
         return 1 if rows * cols == 1 else 1 + rows * cols
 
     def crops(self, image) -> ImageCrops:
         """A PIL image (or [3, H, W] tensor) -> its crops, as image_tokens.process_image does for
         ARIA's sizes (the single-crop modes run as a one-tile grid of the mode's size)."""
+        if self.mode == "ultra-high" and self.split == "transformers":
+            return split_transformers(image, self.tile_size, int(self.resolutions["medium"]), self.effective_min_size,
+                                      self.patch_size, self.size_to_queries, self.split_ratios)
         ratios = self.split_ratios if self.mode == "ultra-high" else ((1, 1),)
         return process_image(image, "ultra-high", tile_size=self.crop_size, min_size=self.effective_min_size,
                              patch_size=self.patch_size, size_to_queries=self.size_to_queries, ratios=ratios)
@@ -218,20 +229,15 @@ class SampleRenderer:
             tokens.extend(block)
             target.extend([False] * len(block))
 
-        def raw(ids: list, is_target: bool) -> None:
-            tokens.extend(ids)
-            target.extend([is_target] * len(ids))
-
-        self._plan_kind(kind, meta, text, image, raw)
+        self._layout(kind, meta, text, image, tokens, target)
         if self.add_eod:
             tokens.append(self.eod)
             target.append(True)
         return RenderedSample(np.asarray(tokens, dtype=np.int64), np.asarray(target, dtype=bool), images,
                               sample.shard, sample.key, kind)
 
-    def _plan_kind(self, kind: str, meta: dict, text, image, raw) -> None:
-        """The text and image blocks of one sample kind, in order (text(s, loss), image(index),
-        raw(token ids, is_target))."""
+    def _layout(self, kind: str, meta: dict, text, image, tokens: list, target: list) -> None:
+        """The token layout of each kind (module notes), through text(s, loss) and image(index)."""
 
         def answer_part() -> None:
             if "caption" in meta:
@@ -265,7 +271,8 @@ class SampleRenderer:
                 elif piece.kind == "text":
                     text(piece.value, piece.is_target)
                 else:
-                    raw(piece.value, piece.is_target)
+                    tokens.extend(piece.value)
+                    target.extend([piece.is_target] * len(piece.value))
         else:  # video
             for frame in meta["frames"]:
                 text(timestamp(frame.get("time", 0.0)), False)

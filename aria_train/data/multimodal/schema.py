@@ -49,6 +49,10 @@ def validate_sample(meta, images) -> str:
     if not isinstance(meta, dict):
         raise BadSample("schema: the JSON is not an object")
     kind = meta.get("kind")
+    if kind is None:
+        fields = ", ".join(sorted(meta)) or "none"
+        raise BadSample(f"layout not recognised: no 'kind', 'conversations', 'messages', 'texts'+'images' or "
+                        f"image + caption (JSON fields: {fields})"[:300])
     if kind not in KINDS:
         raise BadSample(f"schema: kind {kind!r} is not one of {', '.join(KINDS)}")
     if kind == "doc_qa":
@@ -85,23 +89,27 @@ def validate_sample(meta, images) -> str:
             for part in content if isinstance(content, list) else []:
                 if isinstance(part, dict) and part.get("type") == "image":
                     _image_index(part.get("image"), images, f"message {i}")
-    else:  # video
-        frames = meta.get("frames")
-        if not isinstance(frames, list) or not frames:
-            raise BadSample("schema: video sample has no 'frames' list")
-        for i, frame in enumerate(frames):
-            if not isinstance(frame, dict) or "image" not in frame:
-                raise BadSample(f"schema: frame {i} has no 'image'")
-            _image_index(frame["image"], images, f"frame {i}")
-            t = frame.get("time", 0.0)
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
-                raise BadSample(f"schema: frame {i} time {t!r} is not a number of seconds >= 0")
-        if "caption" in meta:
-            _text(meta, "caption")
-        else:
-            _text(meta, "question")
-            _text(meta, "answer")
+    else:
+        _validate_video(meta, images)
     return kind
+
+
+def _validate_video(meta: dict, images) -> None:
+    frames = meta.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise BadSample("schema: video sample has no 'frames' list")
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict) or "image" not in frame:
+            raise BadSample(f"schema: frame {i} has no 'image'")
+        _image_index(frame["image"], images, f"frame {i}")
+        t = frame.get("time", 0.0)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+            raise BadSample(f"schema: frame {i} time {t!r} is not a number of seconds >= 0")
+    if "caption" in meta:
+        _text(meta, "caption")
+    else:
+        _text(meta, "question")
+        _text(meta, "answer")
 
 
 def timestamp(seconds: float) -> str:

@@ -180,13 +180,16 @@ def _jpeg(img) -> bytes:
 
 
 def write_synthetic_shards(out_dir, num_samples: int, seed: int = 0, size: int = 70, samples_per_shard: int = 100,
-                           kind: Optional[str] = None, prefix: str = "synthetic") -> list[str]:
-    """Writes num_samples synthetic samples (keys syn_000000, ...) into shards; returns their paths."""
+                           kind: Optional[str] = None, prefix: str = "synthetic", tokenizer=None) -> list[str]:
+    """Writes num_samples synthetic samples (keys syn_000000, ...) into shards, with their length
+    indexes for `tokenizer` (default: the demo tokenizer); returns the shard paths."""
     from aria_train.data.multimodal.shards import ShardWriter
+    from aria_train.data.tokenizer import load_tokenizer
 
     if num_samples < 1:
         raise DataError(f"synthetic samples {num_samples}: must be positive")
-    with ShardWriter(out_dir, samples_per_shard, prefix=prefix) as writer:
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer("")
+    with ShardWriter(out_dir, samples_per_shard, prefix=prefix, tokenizer=tokenizer) as writer:
         for i in range(num_samples):
             meta, images, _ = synthetic_sample(seed, i, size, kind)
             writer.write(f"syn_{i:06d}", meta, images)

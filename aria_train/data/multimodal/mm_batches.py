@@ -1,5 +1,8 @@
-"""Micro-batches of the packed multimodal stream for one data-parallel rank (the rule of
-aria_train.data.batches.MicroBatchIterator, over a MultimodalMixture; see mixture.py)."""
+"""MultimodalMicroBatchIterator: one rank's micro-batches of the multimodal stream (mixture.py).
+
+Every rank plans all G sequences of a global batch (index lookups), and reads, tokenizes and
+decodes only its own G/W of them, so a rank's data work does not grow with the world size.
+"""
 
 from __future__ import annotations
 
@@ -56,9 +59,9 @@ class MultimodalMicroBatchIterator:
         lo, hi = self.dp_rank * per_rank, (self.dp_rank + 1) * per_rank
         mine = []
         for i in range(G):
-            seq = self.mixture.next_sequence(materialize=lo <= i < hi)
+            plan = self.mixture.next_plan()  # every rank plans every sequence: index lookups only
             if lo <= i < hi:
-                mine.append(seq)
+                mine.append(self.mixture.render(plan, materialize=True))
         self.consumed_samples += G
         mbs = self.micro_batch_size
         batches = [self.collate(mine[m : m + mbs], self.mixture.renderer) for m in range(0, per_rank, mbs)]
@@ -81,7 +84,7 @@ class MultimodalMicroBatchIterator:
         if mixture_state is not None and int(mixture_state.get("sequences", -1)) == consumed:
             self.mixture.load_state_dict(mixture_state)
             self.consumed_samples = consumed
-        else:  # no (matching) cursor: replay the stream, without pixels
+        else:  # no (matching) cursor: replay the plan from the start (index lookups only)
             self._replay(consumed)
 
     @staticmethod

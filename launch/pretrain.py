@@ -133,6 +133,7 @@ def train(cfg) -> int:
 
     device = dist_utils.init_distributed(cfg.parallel.backend, cfg.parallel.timeout_minutes)
     stopper = StopController(cfg.train, device)  # preemption signals count from here, not from step 1
+    data = None
     try:
         torch.manual_seed(cfg.train.seed)
         groups = init_parallel_groups(cfg.parallel.ep_size)
@@ -169,8 +170,10 @@ def train(cfg) -> int:
         if cfg.train.freeze:
             frozen = freeze_parameters(model, cfg.train.freeze)
             logger.info(f"frozen ({', '.join(cfg.train.freeze)}): {frozen:,} parameters on this rank take no gradient")
-        optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb)
-        logger.info(f"optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
+        precision = cfg.train.resolved_precision(device.type)
+        optimizer = build_optimizer(model, cfg.optimizer, groups, bucket_size_mb=cfg.parallel.bucket_size_mb,
+                                    param_dtype=torch.bfloat16 if precision == "bf16" else None)
+        logger.info(f"precision {precision} | optimizer state per rank: {optimizer.state_bytes() / 2**20:.2f} MiB")
 
         parts = TrainingParts(model, optimizer, TrainState(), data.train)
         checkpointer = Checkpointer(cfg.checkpoint, groups, describe_run(cfg), logger)
@@ -194,6 +197,8 @@ def train(cfg) -> int:
         logger.close()
         return 0
     finally:
+        if data is not None and hasattr(data.train, "close"):
+            data.train.close()  # the background loader's worker
         stopper.restore()
 
 

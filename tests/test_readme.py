@@ -1,7 +1,7 @@
 """The doc test: every command of README.md runs as written, at tiny size.
 
 The ```bash blocks run in order, each with `bash -euo pipefail`, in one fresh working directory
-(as a new user's clone would be: `launch/`, `tools/` and `pipelines/` of this checkout, nothing
+(as a new user's clone would be: `launch/`, `tools/`, `pipelines/` and `bench/` of this checkout, nothing
 generated). "Tiny size" is the only change, and it is made behind the command, not in its text:
 `launch/pretrain.py` there is a shim that runs the real one with 64 synthetic multimodal samples,
 no validation, and `--train-iters 4` unless the command gives its own (a `--dry-run` runs as
@@ -72,7 +72,7 @@ def workdir(tmp_path_factory):
     for name in ("run.py", "curriculum.sh", "slurm"):
         (work / "launch" / name).symlink_to(REPO / "launch" / name)
     (work / "launch" / "pretrain.py").write_text(SHIM.format(real=str(REPO / "launch" / "pretrain.py")))
-    for name in ("tools", "pipelines"):
+    for name in ("tools", "pipelines", "bench"):
         (work / name).symlink_to(REPO / name)
     return work
 
@@ -85,6 +85,9 @@ NOT_RUN = {
     "--init-from-hf /models/Aria": "fine-tunes the released Aria weights (25.3B parameters, about 100 GB, "
                                    "downloaded by the user) on 80 GB GPUs; --init-from-hf itself is tested "
                                    "on tiny transformers checkpoints in tests/post/test_init_from_hf.py",
+    "bash bench/gpu_suite.sh gpu_suite\n": "measures on a CUDA GPU (none on CI machines); the same script runs here "
+                                           "with --dry and --smoke (the block before it, and "
+                                           "tests/test_gpu_suite_dry.py)",
 }
 
 
@@ -107,7 +110,7 @@ def test_readme_block_runs(workdir, index):
 
 
 def test_what_the_commands_made_is_git_ignored(workdir):
-    made = [p for p in workdir.iterdir() if p.name not in ("launch", "tools", "pipelines")]
+    made = [p for p in workdir.iterdir() if p.name not in ("launch", "tools", "pipelines", "bench")]
     assert made, "the README commands wrote nothing?"
     names = [p.name + ("/" if p.is_dir() else "") for p in made]
     result = subprocess.run(["git", "check-ignore", "--no-index", "-v", *names], cwd=REPO, capture_output=True,

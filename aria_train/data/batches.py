@@ -10,8 +10,11 @@ Concatenating every rank's micro-batches, rank-major, therefore gives the same s
 order for any W, and the only state worth saving is consumed_samples.
 """
 
+from typing import Optional
+
 import torch
 
+from aria_train.data.documents import add_document_fields, document_ids_after_eod
 from aria_train.data.errors import DataError
 
 _FIELDS = {
@@ -57,8 +60,14 @@ class MicroBatchIterator:
         dp_rank: int,
         dp_size: int,
         consumed_samples: int = 0,
+        eod: Optional[int] = None,
+        reset_position_ids: bool = False,
+        reset_attention_mask: bool = False,
     ):
         check_batch_layout(global_batch_size, micro_batch_size, dp_rank, dp_size, consumed_samples)
+        if (reset_position_ids or reset_attention_mask) and eod is None:
+            raise DataError("micro-batch iterator: document boundaries (reset_position_ids / "
+                            "reset_attention_mask) need the end-of-document token id")
         if dataset is None or len(dataset) == 0:
             raise DataError("micro-batch iterator: the dataset is empty")
         self.dataset = dataset
@@ -67,6 +76,9 @@ class MicroBatchIterator:
         self.dp_rank = dp_rank
         self.dp_size = dp_size
         self.consumed_samples = consumed_samples
+        self.eod = eod
+        self.reset_position_ids = reset_position_ids
+        self.reset_attention_mask = reset_attention_mask
 
     @property
     def num_micro_batches(self) -> int:
@@ -96,9 +108,12 @@ class MicroBatchIterator:
     def load_state_dict(self, state: dict) -> None:
         self.consumed_samples = consumed_samples_of(state, "micro-batch iterator state")
 
-    @staticmethod
-    def _collate(samples: list[dict]) -> dict:
-        return {
+    def _collate(self, samples: list[dict]) -> dict:
+        batch = {
             name: torch.stack([torch.as_tensor(s[name]) for s in samples]).to(dtype)
             for name, dtype in _FIELDS.items()
         }
+        if self.reset_position_ids or self.reset_attention_mask:
+            documents = document_ids_after_eod(batch["tokens"], self.eod)
+            add_document_fields(batch, documents, self.reset_position_ids, self.reset_attention_mask)
+        return batch

@@ -61,6 +61,15 @@ class DataConfig:
     # clustered: data_path is one prefix written by tools/cluster_pack.py; each sample is one
     # group of similar documents, groups shuffled (aria_train/data/curation/clustered_dataset.py).
     packing: Literal["shuffled", "clustered"] = "shuffled"
+    # Documents packed into one sequence (aria_train.data.documents): attend only within their own
+    # document (document-causal attention) / restart position ids at each document. Language data
+    # ends a document at its eod token, the multimodal packer at each sample. Stage 4 turns both
+    # on (one conversation must not read the previous one).
+    reset_attention_mask: bool = False
+    reset_position_ids: bool = False
+    # Global batches loaded, packed and decoded this many steps ahead in a background worker
+    # process, pinned for the copy to the GPU (aria_train.data.prefetch); 0 = on the training thread.
+    prefetch: int = 2
 
     def validate(self) -> "DataConfig":
         if not 0.0 <= self.language_weight <= 1.0:
@@ -74,4 +83,6 @@ class DataConfig:
             raise ConfigError(f"data.mm_formats is empty: expected a non-empty list of {', '.join(MM_FORMATS)}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"data.max_bad_fraction={self.max_bad_fraction} must be within [0, 1]")
+        if self.prefetch < 0:
+            raise ConfigError(f"data.prefetch={self.prefetch} must be >= 0 (0 = load on the training thread)")
         return self

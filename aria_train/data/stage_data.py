@@ -20,12 +20,13 @@ from aria_train.config import ConfigError
 from aria_train.data.batches import MicroBatchIterator
 from aria_train.data.demo_corpus import ensure_demo_corpus
 from aria_train.data.gpt_data import build_gpt_datasets
+from aria_train.data.prefetch import BackgroundBatches
 from aria_train.data.tokenizer import load_tokenizer
 
 
 @dataclass
 class StageData:
-    train: object  # MicroBatchIterator | MultimodalMicroBatchIterator
+    train: object  # MicroBatchIterator | MultimodalMicroBatchIterator, in BackgroundBatches (data.prefetch)
     valid_factory: Optional[Callable[[], object]]  # a fresh pass over the same validation batches
     tokenizer: object
 
@@ -48,13 +49,19 @@ def build_stage_data(cfg, groups, logger) -> StageData:
 
     def batches(dataset) -> MicroBatchIterator:
         return MicroBatchIterator(
-            dataset, train_cfg.global_batch_size, train_cfg.micro_batch_size, groups.rank, groups.world_size
+            dataset, train_cfg.global_batch_size, train_cfg.micro_batch_size, groups.rank, groups.world_size,
+            eod=tokenizer.eod, reset_position_ids=data_cfg.reset_position_ids,
+            reset_attention_mask=data_cfg.reset_attention_mask,
         )
 
     if cfg.multimodal:
-        return _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set, eval_rounds)
-    valid_factory = (lambda: batches(valid_set)) if valid_set is not None and eval_rounds else None
-    return StageData(batches(train_set), valid_factory, tokenizer)
+        stage = _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set, eval_rounds)
+    else:
+        valid_factory = (lambda: batches(valid_set)) if valid_set is not None and eval_rounds else None
+        stage = StageData(batches(train_set), valid_factory, tokenizer)
+    if data_cfg.prefetch > 0:  # loading and decoding in a background worker, batches pinned
+        stage.train = BackgroundBatches(stage.train, data_cfg.prefetch)
+    return stage
 
 
 def _barrier(groups) -> None:
@@ -111,7 +118,9 @@ def _multimodal_stage_data(cfg, groups, logger, tokenizer, train_set, valid_set,
 
     def batches(language_set, split_seed: int, log_bad=(0, False)) -> MultimodalMicroBatchIterator:
         return MultimodalMicroBatchIterator(mixture(language_set, split_seed, log_bad), train_cfg.global_batch_size,
-                                            train_cfg.micro_batch_size, groups.rank, groups.world_size)
+                                            train_cfg.micro_batch_size, groups.rank, groups.world_size,
+                                            reset_position_ids=data_cfg.reset_position_ids,
+                                            reset_attention_mask=data_cfg.reset_attention_mask)
 
     valid_factory = None
     if valid_set is not None and eval_rounds:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from aria_train.model.config import ActivationCheckpointing, ModelConfig
-from aria_train.model.attention import Attention
+from aria_train.model.attention import Attention, DocumentMask
 from aria_train.model.norm import RMSNorm
 from aria_train.model.rope import RotaryEmbedding
 from aria_train.moe.experts import GroupedExperts, expert_parameter_layouts
@@ -65,13 +65,14 @@ class DecoderBlock(nn.Module):
         if not is_moe:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.moe.dense_width)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                document_mask: Optional[DocumentMask] = None):
         """x: [B, S, H] -> (x, balance_loss, z_loss, router_stats)"""
         if self.selective_recompute:
-            x = x + self.attention(checkpoint(self.attention_norm, x, use_reentrant=False), cos, sin)
+            x = x + self.attention(checkpoint(self.attention_norm, x, use_reentrant=False), cos, sin, document_mask)
             moe_out = checkpoint(self._moe, x, use_reentrant=False)
         else:
-            x = x + self.attention(self.attention_norm(x), cos, sin)
+            x = x + self.attention(self.attention_norm(x), cos, sin, document_mask)
             moe_out = self._moe(x)
         x = x + moe_out.hidden.view_as(x)
         return x, moe_out.balance_loss, moe_out.z_loss, moe_out.stats
@@ -130,8 +131,10 @@ class AriaForCausalLM(nn.Module):
         tokens: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
+        document_mask: Optional[DocumentMask] = None,
     ) -> DecoderOutput:
-        """tokens: [B, S] (or inputs_embeds [B, S, H]); position_ids: [B, S] -> DecoderOutput"""
+        """tokens: [B, S] (or inputs_embeds [B, S, H]); position_ids: [B, S]; document_mask: attend
+        within documents only (aria_train.model.attention; None = plain causal) -> DecoderOutput"""
         x = self.embed_tokens(tokens) if inputs_embeds is None else inputs_embeds
         batch, seq, _ = x.shape
         if position_ids is None:
@@ -143,9 +146,9 @@ class AriaForCausalLM(nn.Module):
         for block in self.layers:
             block.selective_recompute = mode == "selective"
             if mode == "full":
-                x, layer_balance, layer_z, stats = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x, layer_balance, layer_z, stats = checkpoint(block, x, cos, sin, document_mask, use_reentrant=False)
             else:
-                x, layer_balance, layer_z, stats = block(x, cos, sin)
+                x, layer_balance, layer_z, stats = block(x, cos, sin, document_mask)
             balance, z = balance + layer_balance, z + layer_z
             if stats is not None:  # dense layers have no router
                 router_stats.append(stats)

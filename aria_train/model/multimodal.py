@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from aria_train.model.config import ModelConfig
 from aria_train.model.vision_config import ProjectorConfig, VisionConfig
+from aria_train.model.attention import DocumentMask
 from aria_train.model.decoder import AriaForCausalLM, DecoderOutput
 from aria_train.model.projector import Projector
 from aria_train.model.vision import Grid, VisionOutput, VisionTransformer
@@ -148,15 +149,17 @@ class AriaForConditionalGeneration(nn.Module):
         position_ids: Optional[torch.Tensor] = None,
         patches: Optional[torch.Tensor] = None,
         grid: Optional[Grid] = None,
+        document_mask: Optional[DocumentMask] = None,
         **media,
     ) -> DecoderOutput:
         """tokens [B, S]; position_ids [B, S]; patches [T, C*p*p] and grid [(h_i, w_i)] for the
         images of the whole micro-batch (or None), and with IMP's options the other items of
-        aria_train.nn.media (video_patches, video_grid, audio_patches, audio_grid, media_order)
+        aria_train.nn.media (video_patches, video_grid, audio_patches, audio_grid, media_order);
+        document_mask (None = plain causal)
         -> DecoderOutput (hidden [B, S, H] after the final norm; balance and z losses of the
         decoder and the encoder's MoE layers; encoder_router_stats)."""
         embeds, encoded = self._embed(tokens, MediaBatch(patches, grid or [], **media))
-        out = self.language_model(position_ids=position_ids, inputs_embeds=embeds)
+        out = self.language_model(position_ids=position_ids, inputs_embeds=embeds, document_mask=document_mask)
         if encoded is None:
             return out
         return dataclasses.replace(out, balance_loss=out.balance_loss + encoded.balance_loss,

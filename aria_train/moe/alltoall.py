@@ -6,8 +6,9 @@ experts [ep_rank * e, (ep_rank + 1) * e). Dispatch:
   1. (shared) sort the kept assignments by global expert (stable). Because experts are laid out
      by rank, this also groups them by destination rank;
   2. exchange per-expert counts with one all_to_all of E integers: rank r learns how many rows
-     each source sends to each of its local experts. Reading the counts (`tolist`) is the one
-     host synchronisation of the layer on GPU;
+     each source sends to each of its local experts. Reading the split sizes (rows to and from
+     each EP rank, one `tolist` of 2 x ep_size integers) is the one host synchronisation of the
+     layer on GPU; the per-expert counts stay on the device;
   3. all_to_all_single the rows with uneven splits (autograd-aware: the backward is the reverse
      all_to_all);
   4. received rows arrive ordered (source rank, local expert); a stable sort puts them in local
@@ -82,20 +83,19 @@ class AllToAllDispatcher(TokenDispatcher):
         ep, local = self.layout.ep_size, self.layout.num_local_experts
         # recv_counts[src * e + j]: rows source `src` sends to my local expert j.
         recv_counts = _all_to_all(counts_E, [local] * ep, [local] * ep, self.group)
-        splits = torch.stack((counts_E.view(ep, local).sum(1), recv_counts.view(ep, local).sum(1)))
-        recv_per_source_expert = recv_counts.view(ep, local)
-        splits_host, recv_host = splits.tolist(), recv_per_source_expert.tolist()  # the host sync
-        input_splits, output_splits = splits_host
+        splits = torch.cat((counts_E.view(ep, local).sum(1), recv_counts.view(ep, local).sum(1)))
+        sizes = splits.tolist()  # the layer's one host synchronisation
+        input_splits, output_splits = sizes[:ep], sizes[ep:]
         received = all_to_all(rows_NH, output_splits, input_splits, self.group)
-        # local expert of each received row, in receive order (source-major)
+        # local expert of each received row, in receive order (source-major); the counts stay on
+        # the device: output_size spares repeat_interleave its own read of their sum
         device = rows_NH.device
-        counts_flat = torch.tensor(sum(recv_host, []), dtype=torch.long, device=device)
         local_ids = torch.arange(local, device=device).repeat(ep)
-        expert_of_row = torch.repeat_interleave(local_ids, counts_flat, output_size=sum(output_splits))
+        expert_of_row = torch.repeat_interleave(local_ids, recv_counts, output_size=sum(output_splits))
         sort_order = torch.argsort(expert_of_row, stable=True)  # receive position of each sorted row
         unsort = torch.empty_like(sort_order)
         unsort[sort_order] = torch.arange(sort_order.numel(), device=device)
-        counts_e = recv_per_source_expert.sum(0)
+        counts_e = recv_counts.view(ep, local).sum(0)
         return received.index_select(0, sort_order), counts_e, AllToAllExchange(input_splits, output_splits, unsort)
 
     def _return(self, expert_output, exchange: AllToAllExchange):

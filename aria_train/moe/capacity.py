@@ -15,7 +15,9 @@ def capacity_keep_mask(top_experts: torch.Tensor, num_experts: int, capacity_fac
     """top_experts: [T, k] -> keep [T, k] bool."""
     num_tokens, top_k = top_experts.shape
     capacity = math.ceil(capacity_factor * num_tokens * top_k / num_experts)
-    one_hot = torch.nn.functional.one_hot(top_experts.reshape(-1), num_experts)  # [T*k, E]
+    flat = top_experts.reshape(-1, 1)
+    # one-hot by scatter: F.one_hot reads the ids' range back to the host (on CPU) to check it
+    one_hot = torch.zeros(flat.shape[0], num_experts, dtype=torch.long, device=flat.device).scatter_(1, flat, 1)
     position_in_expert = (torch.cumsum(one_hot, dim=0) - 1) * one_hot  # arrival order per expert
     arrival = position_in_expert.sum(dim=-1).view(num_tokens, top_k)
     return arrival < capacity

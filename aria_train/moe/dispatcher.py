@@ -16,6 +16,11 @@ separate the two):
 Every write goes through unique indices, so the result is deterministic on every device.
 Dropped assignments (keep False) contribute zero. T may be 0 (no tokens on this rank).
 
+Host synchronisation: the local work keeps every count on the device (no torch.bincount, which
+reads its input's maximum back on CUDA; no boolean indexing when dropless), so a layer reads the
+device once, where the all-to-all needs its split sizes (AllToAllDispatcher), and not at all
+without communication. A capacity limit (keep given) adds one read: how many assignments stay.
+
 Implementations: LocalDispatcher (one rank holds every expert: no communication) and
 AllToAllDispatcher (aria_train.moe.alltoall: expert parallelism over all_to_all).
 """
@@ -27,6 +32,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+
+
+def count_per_expert(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """experts: [N] global expert ids -> [E] int64 counts, by a scatter-add on the device."""
+    counts = torch.zeros(num_experts, dtype=torch.long, device=experts.device)
+    return counts.scatter_add_(0, experts, torch.ones_like(experts))
 
 
 def slots_by_expert(flat_experts: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
@@ -63,7 +74,7 @@ class TokenDispatcher(abc.ABC):
         flat_experts = top_experts_TK.reshape(-1)
         kept_slots = slots_by_expert(flat_experts, keep_TK)
         rows_NH = x_TH.index_select(0, torch.div(kept_slots, top_k, rounding_mode="floor"))
-        counts_E = torch.bincount(flat_experts[kept_slots], minlength=self.num_experts)
+        counts_E = count_per_expert(flat_experts[kept_slots], self.num_experts)
         expert_input, counts_e, exchange = self._exchange(rows_NH, counts_E)
         return expert_input, counts_e, DispatchHandle(kept_slots, flat_experts.numel(), exchange)
 

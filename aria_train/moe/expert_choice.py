@@ -65,7 +65,11 @@ class ExpertChoiceRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Routing:
         """x: [T, H] -> Routing whose top_experts/top_weights/keep are [T, K] (see module notes)."""
-        logits = nn.functional.linear(x, self.weight).float()  # [T, E]
+        # At least fp32, like the top-k router (megatron-core's moe_router_dtype=fp32): a bf16
+        # product would round the scores each expert ranks its tokens by.
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = nn.functional.linear(x.to(dtype), self.weight.to(dtype)).float()  # [T, E] fp32
         probs = torch.softmax(logits, dim=-1)
         capacity = expert_capacity(x.shape[0], self.num_experts, self.capacity_factor)
         _, tokens_EC = torch.topk(probs.t(), capacity, dim=1)  # each expert's top-C tokens

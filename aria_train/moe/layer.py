@@ -19,9 +19,10 @@ from torch import nn
 from aria_train.moe.config import MoEConfig
 from aria_train.moe.balance import group_load_balancing_loss, z_loss
 from aria_train.moe.capacity import capacity_keep_mask
-from aria_train.moe.dispatcher import LocalDispatcher, TokenDispatcher
+from aria_train.moe.dispatcher import LocalDispatcher, TokenDispatcher, count_per_expert
 from aria_train.moe.expert_choice import ExpertChoiceRouter
 from aria_train.moe.experts import GroupedExperts
+from aria_train.moe.grouped_gemm import compute_dtype
 from aria_train.moe.layout import ExpertLayout
 from aria_train.moe.router import TopKRouter
 from aria_train.nn.swiglu import SwiGLU
@@ -65,15 +66,21 @@ class MoELayer(nn.Module):
         keep = routing.keep
         if keep is None and cfg.capacity_factor is not None:
             keep = capacity_keep_mask(routing.top_experts, cfg.num_experts, cfg.capacity_factor)
-        expert_input, counts, handle = self.dispatcher.dispatch(x, routing.top_experts, keep)
+        # Rows travel (and are gathered k times) in the compute dtype: under bf16 autocast the
+        # residual stream is fp32, and the expert GEMM would cast them anyway; sent as fp32 they
+        # would cost the all-to-all twice the bytes, in both directions and in backward.
+        rows = x.to(compute_dtype(x))
+        expert_input, counts, handle = self.dispatcher.dispatch(rows, routing.top_experts, keep)
         expert_output = self.experts(expert_input, counts)
         routed = self.dispatcher.combine(expert_output, routing.top_weights, handle)
         no_tokens = x.shape[0] == 0  # an encoder rank without images still runs (EP collectives)
         if routing.keep is not None:  # expert choice: even by construction, no balance loss
-            tokens_per_expert = torch.bincount(routing.top_experts[routing.keep], minlength=cfg.num_experts)
+            # Counted by a scatter-add on the device (bincount would read the host on CUDA).
+            tokens_per_expert = torch.zeros(cfg.num_experts, dtype=torch.long, device=x.device).scatter_add_(
+                0, routing.top_experts.reshape(-1), routing.keep.reshape(-1).long())
             balance = routing.logits.new_zeros(())
         else:
-            tokens_per_expert = torch.bincount(routing.top_experts.reshape(-1), minlength=cfg.num_experts)
+            tokens_per_expert = count_per_expert(routing.top_experts.reshape(-1), cfg.num_experts)
             balance = routing.logits.new_zeros(()) if no_tokens else group_load_balancing_loss(
                 routing.probs, tokens_per_expert, cfg.top_k, cfg.balance_group_size, cfg.aux_loss_coeff
             )

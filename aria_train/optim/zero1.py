@@ -13,6 +13,12 @@ Layout
     across buckets. Each bucket is zero-padded to a multiple of (group size x 16) elements so it
     splits evenly: rank r of the group owns elements [r * S, (r + 1) * S) of the bucket.
   * Each rank keeps, for its shards only, fp32 master weights and AdamW's exp_avg and exp_avg_sq.
+  * Precision (`param_dtype`, Megatron's mixed-precision layout): with bf16 parameters the
+    parameter buffer is bf16 (what forward and backward read), the gradient buffer fp32 (main
+    gradients: each micro-batch's bf16 .grad is added into it by the hook and released, so the
+    accumulation over micro-batches and the reduce-scatter are fp32), the masters fp32 (taken
+    from the fp32 values the parameters had before the cast), and the all-gather sends the
+    updated masters rounded to bf16. fp32 parameters: .grad IS the buffer view, as before.
 
 Step protocol: see aria_train.optim.protocol. During the last micro-batch's backward a post-accumulate-grad hook counts the parameters of each
 bucket; when a bucket is complete its reduce-scatter (SUM, async) is issued. Buckets are issued
@@ -68,7 +74,9 @@ class Zero1Optimizer:
         groups: ParallelGroups,
         bucket_size_mb: float = 4.0,
         param_rule: Optional[ParamRule] = None,
+        param_dtype: Optional[torch.dtype] = None,
     ):
+        """param_dtype: the dtype the parameters take (None = their own; bf16 = the bf16 layout)."""
         self.cfg = opt_cfg
         self.groups = groups
         self.distributed = bool(groups.distributed)
@@ -77,7 +85,7 @@ class Zero1Optimizer:
         self._is_last = False
         self._next_launch = 0
         self._synced = False
-        self.buckets = make_buckets(self.infos, groups, max(1, int(bucket_size_mb * 2**20)))
+        self.buckets = make_buckets(self.infos, groups, max(1, int(bucket_size_mb * 2**20)), param_dtype)
         self._param_buffers, self._grad_buffers = allocate_buffers(self.buckets)
         self._bucket_of: dict[int, tuple[Bucket, Entry]] = {}
         for bucket in self.buckets:
@@ -99,15 +107,25 @@ class Zero1Optimizer:
 
     # -- gradients --------------------------------------------------------------------------------
     @torch.no_grad()
-    def _on_grad_ready(self, param: nn.Parameter) -> None:
-        bucket, entry = self._bucket_of[id(param)]
-        view = self._grad_view(bucket, entry)
+    def _absorb_grad(self, bucket: Bucket, entry: Entry) -> None:
+        """Moves what autograd left in .grad into the bucket's gradient buffer."""
+        param, view = entry.info.param, self._grad_view(bucket, entry)
         grad = param.grad
+        if bucket.grad_dtype != bucket.dtype:  # main gradient: this micro-batch's part, added
+            if grad is not None:
+                view.add_(grad)
+                param.grad = None
+            return
         if grad is not None and grad.data_ptr() != view.data_ptr():
             # someone replaced .grad (set to None, or an out-of-place accumulation): the new
             # tensor is the whole accumulated gradient
             view.copy_(grad)
         param.grad = view
+
+    @torch.no_grad()
+    def _on_grad_ready(self, param: nn.Parameter) -> None:
+        bucket, entry = self._bucket_of[id(param)]
+        self._absorb_grad(bucket, entry)
         if not self._is_last:
             return
         if bucket.launched:
@@ -133,8 +151,9 @@ class Zero1Optimizer:
         for buffer in self._grad_buffers:
             buffer.zero_()
         for bucket in self.buckets:
+            main_grad = bucket.grad_dtype != bucket.dtype  # autograd writes a fresh bf16 .grad
             for entry in bucket.entries:
-                entry.info.param.grad = self._grad_view(bucket, entry)
+                entry.info.param.grad = None if main_grad else self._grad_view(bucket, entry)
         self._reset_sync()
 
     def _reset_sync(self) -> None:
@@ -155,16 +174,10 @@ class Zero1Optimizer:
         if self._synced:
             return
         # make sure gradients that bypassed the hooks land in the buffers
-        with torch.no_grad():
-            for bucket in self.buckets:
-                if bucket.launched:
-                    continue
+        for bucket in self.buckets:
+            if not bucket.launched:
                 for entry in bucket.entries:
-                    grad = entry.info.param.grad
-                    view = self._grad_view(bucket, entry)
-                    if grad is not None and grad.data_ptr() != view.data_ptr():
-                        view.copy_(grad)
-                    entry.info.param.grad = view
+                    self._absorb_grad(bucket, entry)
         self._launch_ready(force=True)
         for bucket in self.buckets:
             if bucket.work is not None:
@@ -269,7 +282,8 @@ class Zero1Optimizer:
     @torch.no_grad()
     def reset_from_model(self) -> None:
         """After a weights-only load into the parameters (views of the parameter buffers): the
-        master shards take the loaded values; moments and step stay as they are."""
+        master shards take the loaded values (in the bf16 layout: the bf16 values, widened);
+        moments and step stay as they are."""
         for bucket in self.buckets:
             s0 = bucket.shard_start
             bucket.master.copy_(bucket.param_flat[s0 : s0 + bucket.shard_size])

@@ -26,7 +26,8 @@ class Entry:
 class Bucket:
     index: int  # launch order
     kind: str  # "dense" | "expert"
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the parameters (bf16 in the bf16 layout)
+    grad_dtype: torch.dtype  # of the gradient buffer: fp32 main gradients for bf16 parameters
     group: Any
     group_size: int
     group_rank: int
@@ -36,7 +37,7 @@ class Bucket:
     buffer_offset: int = 0  # start inside the kind's flat buffers
     # set once the buffers exist
     param_flat: Optional[torch.Tensor] = None  # [padded] view of the parameter buffer
-    grad_flat: Optional[torch.Tensor] = None  # [padded] view of the gradient buffer
+    grad_flat: Optional[torch.Tensor] = None  # [padded] view of the (main) gradient buffer
     grad_shard: Optional[torch.Tensor] = None  # [S] reduced gradient of this rank's shard
     master: Optional[torch.Tensor] = None  # [S] fp32
     exp_avg: Optional[torch.Tensor] = None
@@ -65,22 +66,30 @@ def group_for(groups: ParallelGroups, kind: str) -> tuple[Any, int, int]:
         return g.world_group, g.world_size, g.rank
     return g.edp_group, g.edp_size, g.edp_rank
 
-def make_buckets(infos: list[ParamInfo], groups: ParallelGroups, bucket_bytes: int) -> list[Bucket]:
+def main_grad_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """Gradients accumulate in fp32 (or wider): a bf16 parameter gets an fp32 main gradient."""
+    return torch.promote_types(param_dtype, torch.float32)
+
+
+def make_buckets(infos: list[ParamInfo], groups: ParallelGroups, bucket_bytes: int,
+                 param_dtype: Optional[torch.dtype] = None) -> list[Bucket]:
     """Buckets of about bucket_bytes per (kind, dtype), parameters in reverse registration order,
-    each padded to a multiple of (group size x PAD_ELEMENTS) elements."""
+    each padded to a multiple of (group size x PAD_ELEMENTS) elements. `param_dtype`: the dtype
+    the parameters take (None = their own)."""
     open_buckets: dict[tuple[str, torch.dtype], Bucket] = {}
     closed: list[Bucket] = []
     for info in reversed(infos):
         kind = "expert" if info.is_expert else "dense"
-        key = (kind, info.param.dtype)
+        dtype = param_dtype or info.param.dtype
+        key = (kind, dtype)
         bucket = open_buckets.get(key)
         if bucket is None:
             group, size, rank = group_for(groups, kind)
-            bucket = open_buckets[key] = Bucket(-1, kind, info.param.dtype, group, size, rank)
+            bucket = open_buckets[key] = Bucket(-1, kind, dtype, main_grad_dtype(dtype), group, size, rank)
         numel = info.param.numel()
         bucket.entries.append(Entry(info, bucket.numel, numel))
         bucket.numel += numel
-        if bucket.numel * info.param.element_size() >= bucket_bytes:
+        if bucket.numel * dtype.itemsize >= bucket_bytes:
             closed.append(open_buckets.pop(key))
     closed.extend(open_buckets.values())
     for index, bucket in enumerate(closed):
@@ -91,9 +100,10 @@ def make_buckets(infos: list[ParamInfo], groups: ParallelGroups, bucket_bytes: i
 
 @torch.no_grad()
 def allocate_buffers(buckets_in_order: list[Bucket]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """One flat parameter and one flat gradient buffer per (kind, dtype); every parameter becomes
-    a view of its bucket's slice; each bucket gets its fp32 master shard and AdamW moments.
-    Returns (parameter buffers, gradient buffers)."""
+    """One flat parameter and one flat (main) gradient buffer per (kind, dtype); every parameter
+    becomes a view of its bucket's slice, in the bucket's dtype; each bucket gets its fp32 master
+    shard, taken from the parameters' values before any cast to a lower precision, and AdamW
+    moments. Returns (parameter buffers, gradient buffers)."""
     by_key: dict[tuple[str, torch.dtype], list[Bucket]] = {}
     for bucket in buckets_in_order:
         by_key.setdefault((bucket.kind, bucket.dtype), []).append(bucket)
@@ -105,23 +115,25 @@ def allocate_buffers(buckets_in_order: list[Bucket]) -> tuple[list[torch.Tensor]
             bucket.buffer_offset = total
             total += bucket.padded
         param_buffer = torch.zeros(total, dtype=dtype, device=device)
-        grad_buffer = torch.zeros(total, dtype=dtype, device=device)
+        grad_buffer = torch.zeros(total, dtype=buckets[0].grad_dtype, device=device)
         param_buffers.append(param_buffer)
         grad_buffers.append(grad_buffer)
         for bucket in buckets:
             lo, hi = bucket.buffer_offset, bucket.buffer_offset + bucket.padded
             bucket.param_flat, bucket.grad_flat = param_buffer[lo:hi], grad_buffer[lo:hi]
+            values = torch.zeros(bucket.padded, dtype=torch.float32, device=device)  # before any cast
             for entry in bucket.entries:
                 param = entry.info.param
+                values[entry.start : entry.start + entry.numel].copy_(param.data.reshape(-1))
                 view = bucket.param_flat[entry.start : entry.start + entry.numel].view_as(param)
                 view.copy_(param.data)
                 param.data = view
             s0, size = bucket.shard_start, bucket.shard_size
-            bucket.master = bucket.param_flat[s0 : s0 + size].to(torch.float32, copy=True)
+            bucket.master = values[s0 : s0 + size].clone()
             bucket.exp_avg = torch.zeros(size, dtype=torch.float32, device=device)
             bucket.exp_avg_sq = torch.zeros(size, dtype=torch.float32, device=device)
             if bucket.group_size > 1:
-                bucket.grad_shard = torch.zeros(size, dtype=dtype, device=device)
+                bucket.grad_shard = torch.zeros(size, dtype=bucket.grad_dtype, device=device)
             else:
                 bucket.grad_shard = bucket.grad_flat  # nothing to reduce: the buffer is the shard
             bucket.segments = shard_segments(bucket)

@@ -98,7 +98,8 @@ class LayoutMemory:
 
 
 def precision_of(cfg) -> str:
-    return "fp32" if cfg.train.precision == "fp32" else "bf16"
+    """The precision layout a GPU run of `cfg` uses (train.precision auto = bf16 on CUDA)."""
+    return cfg.train.resolved_precision("cuda")
 
 
 def image_shape(cfg) -> tuple[int, int]:
@@ -110,10 +111,10 @@ def image_shape(cfg) -> tuple[int, int]:
 
 def layout_memory(cfg, counts: StageCounts, layout: Layout) -> LayoutMemory:
     """Per-GPU bytes of `layout` for the stage `cfg` (a RunConfig) whose model `counts` describe."""
-    zero1 = layout.zero1
-    weights = memory_per_rank(counts.all, layout.world, layout.ep, zero1=zero1).weights
-    trained = memory_per_rank(counts.trainable(layout.freeze), layout.world, layout.ep, zero1=zero1)
-    precision, seq = precision_of(cfg), cfg.data.seq_length
+    zero1, precision, seq = layout.zero1, precision_of(cfg), cfg.data.seq_length
+    weights = memory_per_rank(counts.all, layout.world, layout.ep, zero1=zero1, precision=precision).weights
+    trained = memory_per_rank(counts.trainable(layout.freeze), layout.world, layout.ep, zero1=zero1,
+                              precision=precision)
     decoder = activation_memory(cfg.model, seq, layout.micro, layout.decoder_mode, ep_size=layout.ep, precision=precision)
     vision = None
     if cfg.multimodal:
@@ -122,7 +123,7 @@ def layout_memory(cfg, counts: StageCounts, layout: Layout) -> LayoutMemory:
         vision_cfg = replace(cfg.vision, activation_checkpointing=layout.vision_mode)
         vision = vision_activation_memory(vision_cfg, cfg.projector, cfg.model.hidden_size, patches, image_tokens,
                                           crops, layout.vision_mode, precision,
-                                          counts.vision_trainable(layout.freeze), counts.vision + counts.projector)
+                                          counts.vision_trainable(layout.freeze))
     return LayoutMemory(layout, weights, trained.gradients, trained.optimizer, decoder, vision)
 
 

@@ -22,7 +22,7 @@ from aria_train.plan.layout import (
 )
 from aria_train.plan.timing import DEFAULT_MFU, estimate_step_time, format_duration, image_share_of
 from aria_train.train.budget import tokens_per_step
-from aria_train.train.flops import PEAK_FLOPS
+from aria_train.train.flops import peak_flops
 
 
 def _row(label: str, value: str, note: str = "") -> str:
@@ -84,14 +84,15 @@ def schedule_section(cfg) -> list[str]:
 
 
 def memory_section(cfg, counts: StageCounts, layout: Layout, device_bytes: float) -> list[str]:
-    mem = layout_memory(cfg, counts, layout)
-    weight_kind = "fp32 parameters"
+    mem, precision = layout_memory(cfg, counts, layout), precision_of(cfg)
+    gradient_kind = "fp32 main grads" if precision == "bf16" else "fp32 buffers"
     lines = [f"parallel layout                {layout.describe(cfg.multimodal)}",
              f"per-GPU memory at seq {cfg.data.seq_length:,} x micro-batch {layout.micro} "
-             f"(GiB; budget {device_bytes / GIB:.1f} GiB = {device_bytes / 1e9:.0f} GB)",
-             f"  weights ({weight_kind})      {gib(mem.weights):>8}",
-             f"  gradients (fp32 buffers)       {gib(mem.gradients):>8}",
-             f"  optimizer (ZeRO-1 shard)       {gib(mem.optimizer):>8}",
+             f"(GiB; budget {device_bytes / GIB:.1f} GiB = {device_bytes / 1e9:.0f} GB), train.precision "
+             f"layout {precision}",
+             f"  {f'weights ({precision} parameters)':<30} {gib(mem.weights):>8}",
+             f"  {f'gradients ({gradient_kind})':<30} {gib(mem.gradients):>8}",
+             f"  {'optimizer (ZeRO-1 shard)' if layout.zero1 else 'optimizer (replicated)':<30} {gib(mem.optimizer):>8}",
              f"  persistent total               {gib(mem.persistent):>8}"]
     if mem.vision is not None:
         v = mem.vision
@@ -108,8 +109,8 @@ def memory_section(cfg, counts: StageCounts, layout: Layout, device_bytes: float
         lines.append(f"  note: {moe_layers} of {cfg.model.num_layers} decoder layers are MoE (model.moe.layer_freq / "
                      f"first_k_dense); activations are counted as if every layer were (an upper bound)")
     lines += _verdict(cfg, counts, mem, device_bytes)
-    lines.append(f"  activations in {precision_of(cfg)}, flash attention, expert rows T x top_k per rank, padded expert "
-                 f"blocks x1.2, no fragmentation margin (add 5-10% of the activations on CUDA)")
+    lines.append(f"  activations in {precision}, flash attention, expert rows T x top_k per rank x1.2 (routing "
+                 f"imbalance), grouped expert GEMM, no fragmentation margin (add 5-10% of the activations on CUDA)")
     return lines
 
 
@@ -139,9 +140,8 @@ def _verdict(cfg, counts: StageCounts, mem: LayoutMemory, device_bytes: float) -
         lines.append(f"  fine-tuning at world {layout.world}: {_changes(frozen[0], layout)} (frozen groups take no "
                      f"gradient and no optimizer state)")
     if not (bigger or frozen):
-        bf16 = replace(mem, weights=mem.weights / 2)
-        lines.append(f"  nothing fits: with 2-byte (bf16) parameter storage the persistent state would be "
-                     f"{gib(bf16.persistent)} GiB (weights {gib(bf16.weights)}); this trainer keeps fp32 parameters")
+        hint = "" if precision_of(cfg) == "bf16" else " (train.precision=bf16 halves the weights)"
+        lines.append(f"  nothing fits: persistent state {gib(mem.persistent)} GiB per GPU{hint}")
     return lines
 
 
@@ -153,7 +153,7 @@ def timing_section(cfg, world: int, mfu: float) -> list[str]:
     share = image_share_of(cfg)
     t = estimate_step_time(cfg, world, share, mfu)
     assumed = f", image tokens at most {share:.0%} of the tokens (the multimodal share)" if cfg.multimodal else ""
-    lines = [f"estimated time on {t.gpu} ({PEAK_FLOPS[t.gpu] / 1e12:.0f} TFLOP/s dense bf16) at {mfu:.0%} MFU{assumed}",
+    lines = [f"estimated time on {t.gpu} ({peak_flops(t.gpu) / 1e12:.0f} TFLOP/s dense bf16) at {mfu:.0%} MFU{assumed}",
              _row("training FLOPs per token", f"{t.flops_per_text_token:.3g}",
                   f"text; {t.flops_per_image_token:.3g} per image token" if cfg.multimodal else "")]
     lines += [_row("per step", format_duration(t.step_seconds), f"{t.step_flops:.3g} FLOPs over {world} GPUs"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aria_train.plan.layout import image_shape
-from aria_train.train.flops import PEAK_FLOPS, forward_flops_per_token
+from aria_train.train.flops import forward_flops_per_token, peak_flops
 
 DEFAULT_MFU = 0.30  # an assumption, not a measurement: fine-grained MoE with all-to-all runs below dense models
 DEFAULT_GPU = "H100"
@@ -55,7 +55,7 @@ def estimate_step_time(cfg, world: int, image_share: float, mfu: float = DEFAULT
         image = text + 3 * vision_forward_flops_per_image_token(cfg.vision, cfg.model.hidden_size, side, queries)
     tokens = cfg.train.global_batch_size * seq
     step_flops = tokens * ((1 - image_share) * text + image_share * image)
-    seconds = step_flops / (world * PEAK_FLOPS[gpu] * mfu)
+    seconds = step_flops / (world * peak_flops(gpu) * mfu)
     return StepTime(text, image, image_share, step_flops, seconds, seconds * cfg.train.train_iters, mfu, gpu)
 
 

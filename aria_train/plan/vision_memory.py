@@ -1,11 +1,13 @@
 """Activation memory of the vision side (ViT + projector) for one micro-batch on one rank.
 
 Counted tensor by tensor from aria_train.model.vision / projector / multimodal, as the decoder's
-model in aria_train.accounting is (same two precisions: fp32 on CPU; bf16 autocast over fp32
-parameters, where linear outputs are bf16, LayerNorms compute and keep fp32, and each linear
-keeps its own bf16 copy of its input). T patches of width D through L encoder layers (MLP width
-I, heads h), then the projector maps every crop's patches to its Q queries and the decoder width
-Dt. Attention saves q, k, v, the output and a fp32 log-sum-exp per head and row (flash / varlen
+model in aria_train.accounting is (same two precision layouts of train.precision: fp32; bf16,
+where the parameters are bf16 (no autocast weight copies), linear outputs are bf16, LayerNorms
+compute and keep fp32, and each linear keeps its own bf16 copy of its input). Checked under
+bf16 autocast over fp32 parameters; with the bf16 layout's bf16 parameters the CPU peak is lower
+(28-42% at the test's shapes), so this over-estimates there. T patches of width D through L
+encoder layers (MLP width I, heads h), then the projector maps every crop's patches to its Q
+queries and the decoder width Dt. Attention saves q, k, v, the output and a fp32 log-sum-exp per head and row (flash / varlen
 on CUDA; the CPU path runs SDPA on crops of one size at a time, the same tensors).
 
 When the memory is live, relative to the decoder: the vision forward runs first and its backward
@@ -65,13 +67,11 @@ def _projector_saved(T: int, Q: int, D: int, Dt: int, bf16: bool) -> float:
 
 
 def vision_activation_memory(vision, projector, text_hidden: int, patches: int, queries: int, crops: int,
-                             mode: str = "none", precision: str = "bf16", trainable_params: int = 0,
-                             params: int = 0) -> VisionEstimate:
+                             mode: str = "none", precision: str = "bf16", trainable_params: int = 0) -> VisionEstimate:
     """Vision activation bytes on one rank for one micro-batch of `crops` crops, `patches`
     patches and `queries` image tokens; `vision` / `projector` are VisionConfig /
-    ProjectorConfig; `trainable_params` the ViT's and projector's parameters that take a gradient,
-    `params` all of them (under bf16 autocast their bf16 copies, cached for the forward and kept by
-    the saved tensors, are counted as held). See the module notes for `held` and `backward`."""
+    ProjectorConfig; `trainable_params` the ViT's and projector's parameters that take a gradient.
+    See the module notes for `held` and `backward`."""
     if mode not in VISION_MODES:
         raise ValueError(f"vision mode {mode!r} is not one of {', '.join(VISION_MODES)}")
     if patches == 0:
@@ -104,8 +104,7 @@ def vision_activation_memory(vision, projector, text_hidden: int, patches: int, 
                   + _projector_saved(g_T, g_Q, D, Dt, bf16))
         gradient_buffer = 4 * trainable_params if group < crops else 0
         backward = held + region + gradient_buffer + 1.4 * 4 * g_T * I
-    copies = 2 * params if bf16 else 0
-    return VisionEstimate(mode, T, Q, float(held + copies), float(backward + copies))
+    return VisionEstimate(mode, T, Q, float(held), float(backward))
 
 
 def worst_case_images(seq_length: int, micro_batch: int, side_patches: int, queries_per_crop: int) -> tuple[int, int, int]:

@@ -23,7 +23,12 @@ class TrainConfig:
     exit_duration_mins: Optional[float] = None  # stop (with a checkpoint) after this much wall time
     exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # save, then exit 0
     max_nonfinite_steps: int = 5  # consecutive NaN/Inf steps (skipped) before the run stops
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    # fp32: fp32 parameters, gradients and optimizer state, no autocast.
+    # bf16: Megatron's mixed-precision layout: bf16 parameters (forward/backward under bf16
+    #   autocast), fp32 main gradients accumulated over micro-batches and reduce-scattered, fp32
+    #   master weights and AdamW moments (ZeRO-1 shards); checkpoints hold the fp32 masters.
+    # auto: bf16 on CUDA, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # A stage's length in tokens, as papers state it: train_iters and global_batch_size follow
     # (aria_train.train.budget) unless given explicitly, which then wins (with a note).
     token_budget: Optional[int] = None  # tokens to train on; train_iters = ceil(budget / tokens per step)
@@ -36,6 +41,12 @@ class TrainConfig:
             if not hasattr(signal, name) or not name.startswith("SIG"):
                 raise ConfigError(f"train.exit_signals has {name!r}, which is not a signal name")
         return self
+
+    def resolved_precision(self, device_type: str) -> str:
+        """"fp32" or "bf16": `precision` with auto decided by the device."""
+        if self.precision == "auto":
+            return "bf16" if device_type == "cuda" else "fp32"
+        return self.precision
 
     def check_batch_fits(self, world_size: int) -> None:
         per_step = self.micro_batch_size * world_size

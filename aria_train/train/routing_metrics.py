@@ -102,13 +102,12 @@ class RoutingAccumulator:
         for layer, stats in enumerate(router_stats):
             tokens = stats.top_experts.shape[0]
             self.tokens_per_expert[layer] += stats.tokens_per_expert.to(self.device, torch.float64)
-            row = torch.stack([
-                stats.dropped.to(self.device, torch.float64),
-                torch.tensor(float(tokens), dtype=torch.float64, device=self.device),
-                stats.logsumexp_mean.detach().to(self.device, torch.float64) * tokens,
-                stats.entropy_mean.detach().to(self.device, torch.float64) * tokens,
-            ])
-            self.scalars[layer] += row
+            # everything stays on the device: the token count is added as a Python number, never
+            # as a tensor built on the host and copied over (a blocking copy per layer on CUDA)
+            self.scalars[layer, 0] += stats.dropped.to(self.device, torch.float64)
+            self.scalars[layer, 1] += tokens
+            self.scalars[layer, 2] += stats.logsumexp_mean.detach().to(self.device, torch.float64) * tokens
+            self.scalars[layer, 3] += stats.entropy_mean.detach().to(self.device, torch.float64) * tokens
             if is_visual is None:  # all text: no per-token work
                 self.modality_counts[layer, 1] += stats.tokens_per_expert.to(self.device, torch.float64)
                 self.modality_tokens[layer, 1] += tokens

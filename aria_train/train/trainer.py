@@ -17,10 +17,12 @@ import torch
 
 from aria_train.checkpoint import TrainingParts
 from aria_train.errors import UserError
+from aria_train.model.attention import DocumentMask
 from aria_train.nn.media import MEDIA_KEYS
 from aria_train.parallel.distributed import all_reduce_sum
 from aria_train.parallel.groups import ParallelGroups
 from aria_train.train.callbacks import AbortTraining, Callback
+from aria_train.train.flops import image_train_flops
 from aria_train.train.loss import chunked_cross_entropy_sum
 from aria_train.train.metrics import MetricsLogger
 from aria_train.train.routing_metrics import RoutingAccumulator
@@ -159,7 +161,8 @@ class Trainer:
         images = sum(len(b.get("grid") or ()) for b in micro_batches)
         videos = sum(len(b.get("video_grid") or ()) for b in micro_batches)
         audio = sum(len(b.get("audio_grid") or ()) for b in micro_batches)
-        counts = torch.tensor([image_tokens, images, videos, audio], dtype=torch.float64, device=self.device)
+        counts = torch.tensor([image_tokens, images, self._image_flops(micro_batches), videos, audio],
+                              dtype=torch.float64, device=self.device)
         reduced = all_reduce_sum(torch.cat([torch.stack([sums.lm_sum, sums.balance, sums.z]), counts]), self.groups)
         lm_loss = reduced[0].item() / global_tokens
         balance, z = reduced[1].item(), reduced[2].item()
@@ -179,11 +182,21 @@ class Trainer:
         if self.cfg.multimodal:
             metrics["image_tokens"] = int(reduced[3].item())  # over the global batch
             metrics["image_crops"] = int(reduced[4].item())
+            metrics["image_flops"] = float(reduced[5].item())  # ViT + projector, training, global batch
             if self.cfg.vision.patch == "tubelet":
-                metrics["video_clips"] = int(reduced[5].item())
+                metrics["video_clips"] = int(reduced[6].item())
             if self.cfg.audio.enabled:
-                metrics["audio_clips"] = int(reduced[6].item())
+                metrics["audio_clips"] = int(reduced[7].item())
         return metrics
+
+    def _image_flops(self, micro_batches: list[dict]) -> float:
+        """This rank's ViT + projector training FLOPs (aria_train.train.flops) for its crops."""
+        projector = getattr(self.model, "multi_modal_projector", None)
+        grids = [tuple(g) for b in micro_batches for g in (b.get("grid") or ())]
+        if projector is None or not grids:
+            return 0.0
+        crops = [(h, w, q) for (h, w), q in zip(grids, projector.num_queries(grids))]
+        return image_train_flops(self.cfg.vision, self.cfg.model.hidden_size, crops)
 
     def forward_losses(self, batch: dict):
         """One micro-batch forward -> (summed token CE, balance loss, z-loss, router stats)."""
@@ -191,8 +204,12 @@ class Trainer:
         labels = batch["labels"].to(self.device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(self.device, non_blocking=True)
         position_ids = batch["position_ids"].to(self.device, non_blocking=True)
+        media = self._media(batch)
+        if "document_ids" in batch:  # data.reset_attention_mask: attend within each document only
+            media["document_mask"] = DocumentMask.from_document_ids(batch["document_ids"], self.device,
+                                                                    non_blocking=True)
         with self._autocast():
-            out = self.model(tokens, position_ids=position_ids, **self._media(batch))
+            out = self.model(tokens, position_ids=position_ids, **media)
             lm_sum = chunked_cross_entropy_sum(
                 out.hidden.flatten(0, 1), self.model.lm_head.weight, labels.flatten(), loss_mask.flatten()
             )
@@ -209,23 +226,23 @@ class Trainer:
         return media
 
     def _visual_mask(self, batch: dict) -> Optional[torch.Tensor]:
-        """[T] True for image tokens (the batch's `is_visual`, else the model's image token id);
-        None for text-only batches."""
+        """[T] True for image tokens (the batch's `is_visual`, else the model's image token id),
+        on the device (moved once here, not once per MoE layer); None for text-only batches."""
         if "is_visual" in batch:
-            return batch["is_visual"].reshape(-1)
+            return batch["is_visual"].reshape(-1).to(self.device, non_blocking=True)
         image_token_id = getattr(self.model, "image_token_id", None)
         if image_token_id is None or "patches" not in batch:
             return None
-        return (batch["tokens"] == image_token_id).reshape(-1)
+        return (batch["tokens"] == image_token_id).reshape(-1).to(self.device, non_blocking=True)
 
     def _global_token_count(self, micro_batches: list[dict]) -> float:
         count = torch.tensor(sum(float(b["loss_mask"].sum()) for b in micro_batches), dtype=torch.float64)
         return max(all_reduce_sum(count, self.groups).item(), 1.0)
 
     def _autocast(self):
-        precision = self.cfg.train.precision
-        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        if use_bf16:
+        """bf16: the parameters already are bf16 (the optimizer cast them); autocast keeps any op
+        that meets an fp32 input (RoPE tables, the residual of an fp32 embedding) in bf16 too."""
+        if self.cfg.train.resolved_precision(self.device.type) == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

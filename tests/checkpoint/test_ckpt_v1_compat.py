@@ -37,10 +37,16 @@ def _resume(tmp_path: Path, nproc: int, extra: list) -> dict:
 
 
 def test_v1_checkpoint_resumes_bit_for_bit_at_its_layout(tmp_path):
+    """The losses of the next step (computed from the resumed weights before any update) are the
+    base code's bit for bit. Its gradient norm is to 1e-6: since issue 15 the cross-entropy's
+    gradient comes from the fused loss (softmax minus one-hot), which rounds differently from
+    autograd's log-softmax backward."""
     if not same_environment(read_golden()):
         pytest.skip("the expected losses were recorded with another torch / Python (see the golden file)")
     record = _resume(tmp_path, CKPT_V1_NPROC, [])
-    assert {name: record[name] for name in GOLDEN_FIELDS} == EXPECTED_NEXT_STEP
+    losses = [name for name in GOLDEN_FIELDS if name != "grad_norm"]
+    assert {name: record[name] for name in losses} == {name: EXPECTED_NEXT_STEP[name] for name in losses}
+    assert record["grad_norm"] == pytest.approx(EXPECTED_NEXT_STEP["grad_norm"], rel=1e-6)
 
 
 def test_v1_checkpoint_reshards_to_one_process(tmp_path):

@@ -124,3 +124,18 @@ def test_the_causal_decoder_refuses_expert_choice_with_one_line():
     assert "later tokens" in message
     with pytest.raises(ConfigError, match="model.moe.router='top2' is not one of topk, expert_choice"):
         build_config(1, overrides={"model.moe.router": "top2"})
+
+
+def test_expert_choice_scores_are_fp32_under_bf16_autocast():
+    """Like the top-k router (megatron-core's moe_router_dtype=fp32): the affinities each expert
+    ranks its tokens by come from the fp32 product, not a bf16 one."""
+    from aria_train.moe.expert_choice import ExpertChoiceRouter
+
+    router = ExpertChoiceRouter(H, 4, 1.0)
+    torch.nn.init.normal_(router.weight, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(16, H, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        routing = router(x)
+    assert routing.logits.dtype == torch.float32
+    torch.testing.assert_close(routing.logits, x @ router.weight.T, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(routing.logits, (x.bfloat16() @ router.weight.T.bfloat16()).float(), atol=1e-4)

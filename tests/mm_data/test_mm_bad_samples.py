@@ -128,3 +128,24 @@ def test_not_a_tar_and_all_bad_sources_do_not_hang(tmp_path):
     src = ShardSource([str(junk), str(junk)], bad=bad)
     with pytest.raises(DataError, match="no usable sample"):
         src.read()
+
+
+def test_background_loading_reports_the_workers_bad_samples(tok, renderer, bad_shard):
+    """With data.prefetch the worker skips bad samples; the trainer's log still counts them."""
+    from aria_train.data.multimodal import MultimodalMicroBatchIterator
+    from aria_train.data.prefetch import BackgroundBatches
+
+    def iterator():
+        mix = MultimodalMixture([(1.0, ShardSource(bad_shard))], 64, 0, renderer=renderer)
+        return MultimodalMicroBatchIterator(mix, 4, 2, 0, 1)
+
+    direct, background = iterator(), BackgroundBatches(iterator(), prefetch=2)
+    try:
+        for _ in range(3):
+            direct.next_global_batch()
+            background.next_global_batch()
+        assert direct.bad_samples.count > 0
+        assert background.bad_samples.count == direct.bad_samples.count
+        assert dict(background.bad_samples.by_reason) == dict(direct.bad_samples.by_reason)
+    finally:
+        background.close()

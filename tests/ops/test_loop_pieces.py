@@ -38,17 +38,34 @@ def test_step_timer_phases_and_other_add_up_to_the_step():
         with timer.phase("forward"):
             time.sleep(0.01)
     time.sleep(0.01)  # outside any phase: "other"
-    summary = timer.summary()
+    step = timer.summary()
+    assert step["peak_memory_gib"] > 0
+    summary = timer.window_summary()
+    assert summary["step_time_s"] == step["step_time_s"]
     assert summary["time_forward_s"] >= 0.02
     assert summary["time_other_s"] >= 0.01
     assert summary["time_forward_s"] + summary["time_other_s"] == pytest.approx(summary["step_time_s"])
-    assert summary["peak_memory_gib"] > 0
     with pytest.raises(RuntimeError):
         with timer.phase("optimizer"):
             raise RuntimeError("boom")
     assert timer.current == "optimizer"  # where it failed, for the error message
     timer.reset()
-    assert timer.current is None and "time_optimizer_s" not in timer.summary()
+    assert timer.current is None
+
+
+def test_step_timer_window_is_the_mean_of_its_steps():
+    timer = StepTimer(torch.device("cpu"))
+    steps = []
+    for pause in (0.01, 0.03):
+        timer.reset()
+        with timer.phase("forward"):
+            time.sleep(pause)
+        steps.append(timer.summary()["step_time_s"])
+    window = timer.window_summary()
+    assert window["step_time_s"] == pytest.approx(sum(steps) / 2)
+    assert window["time_forward_s"] >= 0.02  # (0.01 + 0.03) / 2
+    assert window["time_forward_s"] + window["time_other_s"] == pytest.approx(window["step_time_s"])
+    assert timer.window_summary() == {"time_other_s": 0.0, "step_time_s": 0.0}  # a new window
 
 
 def test_metrics_logger_console_jsonl_wandb_and_exit_status(tmp_path, capsys):

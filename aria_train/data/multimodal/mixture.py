@@ -76,6 +76,7 @@ class PackedSequence:
     tokens: np.ndarray  # int64 [S+1] (the last slot is a label only)
     target: np.ndarray  # bool [S+1]
     placed: list = field(default_factory=list)  # PlacedSample of the multimodal samples, in order
+    starts: Optional[np.ndarray] = None  # bool [S+1]: a packed piece (document, sample, padding) starts here
     crops: Optional[list] = None  # materialized: [3, H, W] crops in token order
     grid: Optional[list] = None
     queries: Optional[list] = None  # per media item (crop, clip, audio clip), in token order
@@ -207,19 +208,24 @@ class MultimodalMixture:
         S = self.seq_length
         tokens = np.full(S + 1, self.pad, dtype=np.int64)
         target = np.zeros(S + 1, dtype=bool)
+        starts = np.zeros(S + 1, dtype=bool)  # document boundaries (data.reset_attention_mask)
         placed = []
+        used = 0
         for seg in plan.segments:
             doc_tokens, doc_target, rendered = self._content(seg.doc)
             lo, hi = seg.doc_offset, seg.doc_offset + seg.take
             tokens[seg.dest : seg.dest + seg.take] = doc_tokens[lo:hi]
             target[seg.dest : seg.dest + seg.take] = doc_target[lo:hi]
+            starts[seg.dest] = True  # every placed piece (document, sample) starts a document
+            used = max(used, seg.dest + seg.take)
             if not seg.doc.is_text:
                 placed.append(PlacedSample(seg.dest, seg.take, rendered, truncated=seg.truncated))
+        starts[used] = used < S  # the padding is a piece of its own
         if plan.label is not None:
             doc, position = plan.label
             doc_tokens, doc_target, _ = self._content(doc)
             tokens[S], target[S] = doc_tokens[position], doc_target[position]
-        seq = PackedSequence(plan.index, tokens, target, placed)
+        seq = PackedSequence(plan.index, tokens, target, placed, starts)
         if materialize:
             self._materialize(seq)
         return seq

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from aria_train.data.batches import check_batch_layout, consumed_samples_of
+from aria_train.data.documents import add_document_fields, document_ids_after_eod
 from aria_train.data.errors import DataError
 from aria_train.data.multimodal.mixture import MultimodalMixture, PackedSequence
 from aria_train.data.multimodal.render import SampleRenderer
@@ -24,12 +25,17 @@ class MultimodalMicroBatchIterator:
     micro-batch in the order of their image tokens, row-major over the batch), grid [(h, w)] per
     crop, num_image_tokens int (= sum of the crops' queries). With clips or audio clips (IMP's
     options) also video_patches, video_grid, audio_patches, audio_grid and media_order
-    (aria_train.nn.media)."""
+    (aria_train.nn.media). With reset_attention_mask also document_ids [B, S] (a new document at
+    every packed piece and after every eod token, aria_train.data.documents), with
+    reset_position_ids position ids restarting there."""
 
     def __init__(self, mixture: MultimodalMixture, global_batch_size: int, micro_batch_size: int,
-                 dp_rank: int, dp_size: int, consumed_samples: int = 0):
+                 dp_rank: int, dp_size: int, consumed_samples: int = 0, reset_position_ids: bool = False,
+                 reset_attention_mask: bool = False):
         check_batch_layout(global_batch_size, micro_batch_size, dp_rank, dp_size, consumed_samples)
         self.mixture = mixture
+        self.reset_position_ids = reset_position_ids
+        self.reset_attention_mask = reset_attention_mask
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
         self.dp_rank = dp_rank
@@ -42,6 +48,17 @@ class MultimodalMicroBatchIterator:
     def bad_samples(self):
         """The mixture's BadSamples (counts, summary())."""
         return self.mixture.bad
+
+    def bad_samples_at(self, state: dict):
+        """The mixture's BadSamples with the counts of `state` (a state_dict() of a copy of this
+        iterator, e.g. the background worker's: it skips and logs the bad samples, and its
+        counts come back only in its state). The worker logged the first ones line by line."""
+        bad = self.mixture.bad
+        counts = (state.get("mixture") or {}).get("bad_samples")
+        if counts is not None:
+            bad.load_state_dict(counts)
+            bad.logged = max(bad.logged, min(bad.count, bad.log_first)) if bad.log_shared else bad.logged
+        return bad
 
     @property
     def num_micro_batches(self) -> int:
@@ -65,7 +82,12 @@ class MultimodalMicroBatchIterator:
                 mine.append(self.mixture.render(plan, materialize=True))
         self.consumed_samples += G
         mbs = self.micro_batch_size
-        return [self.collate(mine[m : m + mbs], self.mixture.renderer) for m in range(0, per_rank, mbs)]
+        batches = [self.collate(mine[m : m + mbs], self.mixture.renderer) for m in range(0, per_rank, mbs)]
+        if self.reset_position_ids or self.reset_attention_mask:
+            for m, batch in zip(range(0, per_rank, mbs), batches):
+                documents = packed_document_ids(mine[m : m + mbs], batch["tokens"], self.mixture.renderer.tokenizer.eod)
+                add_document_fields(batch, documents, self.reset_position_ids, self.reset_attention_mask)
+        return batches
 
     def __iter__(self):
         while True:
@@ -119,3 +141,16 @@ class MultimodalMicroBatchIterator:
                          video_patches=torch.cat([t for t, _ in videos]).float() if videos else None,
                          audio_patches=torch.cat([a for a, _ in audio]).float() if audio else None)
         return batch
+
+
+def packed_document_ids(seqs: Sequence[PackedSequence], tokens: torch.Tensor, eod: int) -> torch.Tensor:
+    """[B, S] document index of each input slot: a document starts where the packer placed a
+    piece (a text document, a sample, the padding) and after every eod token inside a piece."""
+    S = tokens.shape[1]
+    starts = torch.from_numpy(np.stack([s.starts[:S] for s in seqs]))
+    after_eod = document_ids_after_eod(tokens, eod)  # counts eods before each slot
+    new_after_eod = torch.zeros_like(starts)
+    new_after_eod[:, 1:] = after_eod[:, 1:] != after_eod[:, :-1]
+    starts = starts | new_after_eod
+    starts[:, 0] = True
+    return torch.cumsum(starts.long(), dim=1) - 1

@@ -15,18 +15,25 @@ from aria_train.train.routing_metrics import console_summary
 class MetricsWindow(Callback):
     """Logs the first step of the run (step 1, or the first after a resume), every
     `logging.log_interval` steps and the last step. Throughput counts training time only (no
-    evaluation or saves); elapsed time and the ETA count everything since training started."""
+    evaluation or saves); elapsed time and the ETA count everything since training started.
+    Model FLOPs: the decoder's per token, plus the ViT and projector's for the step's crops
+    (`image_flops`); MFU against the device's dense bf16 peak
+    (aria_train.train.flops.PEAK_BF16_FLOPS), omitted for a device the table does not know."""
 
     def __init__(self, cfg, device: torch.device):
         self.cfg = cfg
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_length)
-        self.peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        self.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        self.peak = peak_flops(self.device_name) if self.device_name else None
         self.start_step, self.start_time = 0, time.perf_counter()
         self._reset()
 
     def pre_train(self, trainer) -> None:
         self.start_step, self.start_time = trainer.state.step, time.perf_counter()
         trainer.logger.start(trainer.state.step)
+        if self.device_name and self.peak is None:
+            trainer.logger.info(f"MFU not reported: no dense bf16 peak known for {self.device_name!r} "
+                                f"(aria_train.train.flops.PEAK_BF16_FLOPS)")
 
     def _due(self, step: int) -> bool:
         last = self.cfg.train.train_iters
@@ -39,15 +46,18 @@ class MetricsWindow(Callback):
         return {"train_iters": self.cfg.train.train_iters, "elapsed_s": elapsed, "eta_s": elapsed / done * remaining}
 
     def _reset(self) -> None:
-        self.seconds, self.tokens, self.image_tokens = 0.0, 0, 0
+        self.seconds, self.tokens, self.image_tokens, self.flops = 0.0, 0, 0, 0.0
 
     def post_step(self, trainer, metrics: dict) -> None:
         cfg, step = self.cfg, trainer.state.step
-        self.tokens += cfg.train.global_batch_size * cfg.data.seq_length
+        tokens = cfg.train.global_batch_size * cfg.data.seq_length
+        self.tokens += tokens
         self.image_tokens += metrics.get("image_tokens", 0)
+        self.flops += tokens * self.flops_per_token + metrics.get("image_flops", 0.0)
         self.seconds += metrics["step_time_s"]
         if not self._due(step):
             return
+        metrics.update(trainer.timer.window_summary())  # the window's mean split (CUDA: read once here)
         trainer.activity = "router statistics all_reduce"
         routing, routing_counts = trainer.routing.reduce_and_reset(trainer.groups)
         metrics.update(routing)
@@ -71,6 +81,7 @@ class MetricsWindow(Callback):
         if self.cfg.multimodal:
             out["visual_tokens_per_s"] = self.image_tokens / seconds
             out["text_tokens_per_s"] = (self.tokens - self.image_tokens) / seconds
+        out["tflops_per_s_per_rank"] = self.flops / seconds / world / 1e12
         if self.peak is not None:
-            out["mfu"] = self.tokens * self.flops_per_token / seconds / world / self.peak
+            out["mfu"] = self.flops / seconds / world / self.peak
         return out

@@ -21,12 +21,11 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from aria_train.model.text_encoder import TextEncoder, TextEncoderConfig, init_linear_stack_
 from aria_train.model.vision import Grid, VisionTransformer
 from aria_train.model.vision_config import VisionConfig
-from aria_train.nn.image_patches import grid_list
+from aria_train.nn.image_patches import grid_list, run_by_crop_groups
 
 
 class ProjectionHead(nn.Module):
@@ -84,13 +83,7 @@ class DualEncoder(nn.Module):
         group = self.vision_cfg.checkpoint_crops
         if not (self.vision_cfg.activation_checkpointing == "crops" and self.training and torch.is_grad_enabled()):
             return self._pooled(patches, grid)
-        out, start = [], 0
-        for first in range(0, len(grid), group):
-            images = grid[first : first + group]
-            end = start + sum(h * w for h, w in images)
-            out.append(checkpoint(self._pooled, patches[start:end], images, use_reentrant=False))
-            start = end
-        return torch.cat(out)
+        return run_by_crop_groups(self._pooled, patches, grid, group)
 
     def _pooled(self, patches: torch.Tensor, grid: list) -> torch.Tensor:
         return segment_mean(self.vision_tower(patches, grid), [h * w for h, w in grid])

@@ -26,7 +26,7 @@ from aria_train.model.attention import DocumentMask
 from aria_train.model.decoder import AriaForCausalLM, DecoderOutput
 from aria_train.model.projector import Projector
 from aria_train.model.vision import Grid, VisionOutput, VisionTransformer
-from aria_train.nn.image_patches import grid_list
+from aria_train.nn.image_patches import grid_list, run_by_crop_groups
 from aria_train.nn.media import AUDIO, IMAGE, VIDEO, MediaBatch
 
 
@@ -67,13 +67,7 @@ class AriaForConditionalGeneration(nn.Module):
         group = self.vision_cfg.checkpoint_crops
         if not (self.vision_cfg.activation_checkpointing == "crops" and self.training and torch.is_grad_enabled()):
             return self._features(patches, grid)
-        out, start = [], 0
-        for first in range(0, len(grid), group):
-            crops = grid[first : first + group]
-            end = start + sum(h * w for h, w in crops)
-            out.append(checkpoint(self._features, patches[start:end], crops, use_reentrant=False))
-            start = end
-        return torch.cat(out)
+        return run_by_crop_groups(self._features, patches, grid, group)
 
     def _features(self, patches: torch.Tensor, grid: list) -> torch.Tensor:
         return self.multi_modal_projector(self.vision_tower(patches, grid), grid)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 Grid = Union[Sequence[tuple[int, int]], torch.Tensor]  # per image (h_patches, w_patches); or LongTensor [N, 2]
 
@@ -50,3 +51,17 @@ def patchify_video(video: torch.Tensor, frames_per_tubelet: int, patch_size: int
     t, h, w = num_frames // f, height // p, width // p
     tubelets = video.reshape(t, f, c, h, p, w, p).permute(0, 3, 5, 2, 1, 4, 6).reshape(t * h * w, -1)
     return tubelets, (t, h, w)
+
+
+def run_by_crop_groups(fn, patches: torch.Tensor, grid: list[tuple[int, int]], group: int) -> torch.Tensor:
+    """fn(patches of some crops, their grid) -> [rows, ...], run on groups of `group` crops, each
+    group a checkpoint region that keeps only its pixels and output and is recomputed in backward
+    on its own; the outputs concatenated in order. Right only when crops are independent in `fn`
+    (attention stays inside a crop), so the result equals fn(patches, grid)."""
+    out, start = [], 0
+    for first in range(0, len(grid), group):
+        crops = grid[first : first + group]
+        end = start + sum(h * w for h, w in crops)
+        out.append(checkpoint(fn, patches[start:end], crops, use_reentrant=False))
+        start = end
+    return torch.cat(out)

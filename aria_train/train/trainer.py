@@ -122,6 +122,12 @@ class Trainer:
         self.activity = "token count all_reduce"
         global_tokens = self._global_token_count(micro_batches)
         sums = self._accumulate_gradients(micro_batches, global_tokens)
+        lr, grad_norm = self.finish_step()
+        return self._step_metrics(micro_batches, sums, global_tokens, lr, grad_norm)
+
+    def finish_step(self) -> tuple[float, float]:
+        """After backward: wait for the gradient reduction, step the optimizer at this step's
+        learning rate -> (lr, gradient norm)."""
         self.activity = "gradient reduce-scatter/all-reduce wait"
         with self.timer.phase("grad_sync_wait"):
             self.optimizer.finish_grad_sync()
@@ -129,7 +135,7 @@ class Trainer:
         self.activity = "optimizer step (gradient-norm all_reduce, parameter all-gather)"
         with self.timer.phase("optimizer"):
             grad_norm = float(self.optimizer.step(lr))
-        return self._step_metrics(micro_batches, sums, global_tokens, lr, grad_norm)
+        return lr, grad_norm
 
     def _accumulate_gradients(self, micro_batches: list[dict], global_tokens: float) -> StepLosses:
         """Forward and backward of every micro-batch; gradients accumulate (summed, see

@@ -17,7 +17,6 @@ import torch
 from aria_train.data.encoder.batches import EncoderBatch
 from aria_train.parallel.distributed import all_reduce_sum
 from aria_train.train.encoder.losses import ObjectiveOutput, global_infonce, logit_scale_value, softmax_classification
-from aria_train.train.schedule import learning_rate
 from aria_train.train.trainer import Trainer
 
 
@@ -33,13 +32,7 @@ class EncoderTrainer(Trainer):
         self.activity = f"backward of {batch.name} (feature-gradient all-reduce, gradient reduce-scatter)"
         with self.timer.phase("backward"):
             out.loss_share.backward()
-        self.activity = "gradient reduce-scatter/all-reduce wait"
-        with self.timer.phase("grad_sync_wait"):
-            self.optimizer.finish_grad_sync()
-        lr = learning_rate(self.state.step, self.cfg.train.train_iters, self.cfg.optimizer, self.cfg.schedule)
-        self.activity = "optimizer step (gradient-norm all_reduce, parameter all-gather)"
-        with self.timer.phase("optimizer"):
-            grad_norm = float(self.optimizer.step(lr))
+        lr, grad_norm = self.finish_step()
         return self._pair_metrics(batch, out, lr, grad_norm)
 
     def forward_objective(self, batch: EncoderBatch) -> ObjectiveOutput:

@@ -12,18 +12,18 @@ import torch
 from aria_train.checkpoint import Checkpointer
 from aria_train.train.callbacks import CheckpointSave, ExitStatus, NonFiniteGuard, StopOnRequest
 from aria_train.train.callbacks.callback import Callback
+from aria_train.train.callbacks.logging import MetricsWindow
 from aria_train.train.encoder.evaluation import evaluate_encoder
 from aria_train.train.stopping import StopController
 
 
-class PairMetricsWindow(Callback):
-    """Every `logging.log_interval` steps and at the last step: the step's metrics, each pair's
-    mean loss over the window's steps on it (`loss/<pair>`), the steps taken on each pair so far
-    (`pair_steps`, from the data state: a resumed run counts on), and samples per second."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self._reset()
+class PairMetricsWindow(MetricsWindow):
+    """The first step of the run (step 1, or the first after a resume), every
+    `logging.log_interval` steps and the last step: the step's metrics with step N/total, elapsed
+    time and ETA, each pair's mean loss over the window's steps on it (`loss/<pair>`), the steps
+    taken on each pair so far (`pair_steps`, from the data state: a resumed run counts on), and
+    samples per second. pre_train (MetricsWindow's) opens the run's metrics.jsonl at the step it
+    starts from."""
 
     def _reset(self) -> None:
         self.seconds, self.samples = 0.0, 0
@@ -34,13 +34,14 @@ class PairMetricsWindow(Callback):
         self.seconds += metrics["step_time_s"]
         self.samples += metrics["global_samples"]
         self.losses[metrics["pair"]].append(metrics["loss"])
-        if step % self.cfg.logging.log_interval != 0 and step != self.cfg.train.train_iters:
+        if not self._due(step):
             return
         record = dict(metrics)
         for name, values in self.losses.items():
             record[f"loss/{name}"] = sum(values) / len(values)
         record["samples_per_s"] = self.samples / max(self.seconds, 1e-9)
         record["skipped_steps"] = trainer.state.skipped_steps
+        record.update(self._progress(step))
         record["console_extras"] = f"pair {metrics['pair']} | " + " ".join(
             f"{name} {record[f'loss/{name}']:.3f} ({metrics['pair_steps'][name]})" for name in metrics["pair_steps"]
             if f"loss/{name}" in record) + f" | scale {metrics['logit_scale']:.1f} | {record['samples_per_s']:.0f} samples/s"
@@ -73,7 +74,7 @@ def encoder_callbacks(cfg, device: torch.device, data, checkpointer: Optional[Ch
     """Stage 0's callbacks, in the order default_callbacks runs its own."""
     callbacks: list[Callback] = [
         NonFiniteGuard(cfg.train.max_nonfinite_steps),
-        PairMetricsWindow(cfg),
+        PairMetricsWindow(cfg, device),
         HeldOutEvaluation(cfg, data),
         StopOnRequest(stopper or StopController(cfg.train, device), cfg.train.exit_interval),
     ]

@@ -23,7 +23,7 @@ def _args(base: Path, name: str, *extra) -> list:
     return ["--stage", "2", "--config", CONFIG, "--train-iters", STEPS, "--global-batch-size", 4,
             "--set", "train.micro_batch_size=2", "--seq-length", 64, "--log-interval", 1,
             "--set", "train.eval_interval=0", "--set", "data.synthetic_samples=64",
-            "--set", f"data.cache_dir={base / 'cache'}", "--log-dir", base / name,
+            "--set", f"data.cache_dir={base / 'cache'}", "--log-dir", base / name, "--run-name", name,
             *extra]
 
 

@@ -62,6 +62,7 @@ class _FakeTrainer:
         self.logger = type("L", (), {"log": lambda _, m: self.logged.append(m), "info": lambda _, m: None})()
         self.routing = type("R", (), {"reduce_and_reset": lambda _, g: ({}, {})})()
         self.timer = type("T", (), {"window_summary": lambda _: {}})()
+        self.train_batches = None  # language data: no bad-sample accounting
 
 
 def test_mfu_uses_the_device_peak_and_counts_image_flops(monkeypatch):

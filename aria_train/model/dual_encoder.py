@@ -26,6 +26,7 @@ from aria_train.model.text_encoder import TextEncoder, TextEncoderConfig, init_l
 from aria_train.model.vision import Grid, VisionTransformer
 from aria_train.model.vision_config import VisionConfig
 from aria_train.nn.image_patches import grid_list, run_by_crop_groups
+from aria_train.nn.media import MediaBatch
 
 
 class ProjectionHead(nn.Module):
@@ -74,23 +75,38 @@ class DualEncoder(nn.Module):
 
     def pooled_images(self, patches: torch.Tensor, grid: Grid) -> torch.Tensor:
         """patches [T, C*p*p] packed, grid [(h_i, w_i)] -> [B, vision hidden]: each image's mean
-        ViT feature.
+        ViT feature (see pooled_images_and_aux)."""
+        return self.pooled_images_and_aux(patches, grid)[0]
+
+    def pooled_images_and_aux(self, patches: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (pooled [B, vision hidden], aux []: the ViT's MoE balance + z-losses with their
+        coefficients, 0 without vision.moe).
 
         vision.activation_checkpointing="crops" (training): the ViT runs on groups of
         vision.checkpoint_crops images, each group a checkpoint region that keeps only its pixels
-        and pooled features, recomputed in backward on its own ("layer" is the ViT's own)."""
+        and pooled features, recomputed in backward on its own ("layer" is the ViT's own). The
+        config refuses crops with vision.moe, so there the aux loss is 0."""
         grid = grid_list(grid)
         group = self.vision_cfg.checkpoint_crops
         if not (self.vision_cfg.activation_checkpointing == "crops" and self.training and torch.is_grad_enabled()):
-            return self._pooled(patches, grid)
-        return run_by_crop_groups(self._pooled, patches, grid, group)
+            return self._pooled_and_aux(patches, grid)
+        return run_by_crop_groups(self._pooled, patches, grid, group), patches.new_zeros((), dtype=torch.float32)
 
     def _pooled(self, patches: torch.Tensor, grid: list) -> torch.Tensor:
-        return segment_mean(self.vision_tower(patches, grid), [h * w for h, w in grid])
+        return self._pooled_and_aux(patches, grid)[0]
+
+    def _pooled_and_aux(self, patches: torch.Tensor, grid: list) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.vision_tower.encode(MediaBatch(patches, grid))
+        return segment_mean(encoded.features, encoded.lengths), encoded.balance_loss + encoded.z_loss
 
     def embed_images(self, patches: torch.Tensor, grid: Grid) -> torch.Tensor:
         """-> [B, H] image embeddings (not normalised)."""
-        return self.image_projection(self.pooled_images(patches, grid))
+        return self.embed_images_and_aux(patches, grid)[0]
+
+    def embed_images_and_aux(self, patches: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ([B, H] image embeddings, the ViT's MoE aux loss [])."""
+        pooled, aux = self.pooled_images_and_aux(patches, grid)
+        return self.image_projection(pooled), aux
 
     def embed_texts(self, tokens_T: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
         """tokens_T [T] packed, lengths [B] -> [B, H] text embeddings (not normalised)."""

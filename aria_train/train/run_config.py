@@ -96,11 +96,6 @@ class RunConfig:
         if other:
             raise ConfigError(f"train.freeze={other} names parts stage 0 does not have: it can freeze only "
                               f"'vision' (the ViT, so the text tower aligns to it)")
-        if self.vision.moe.enabled:
-            # The dual encoder pools ViT features only: the experts' balance/z losses and their
-            # expert-parallel placement are wired into stage 2's model, not stage 0's.
-            raise ConfigError(f"vision.moe.num_experts={self.vision.moe.num_experts}: stage 0 trains a dense ViT; "
-                              f"the encoder's expert losses and expert parallelism are wired in stage 2 only")
 
 
 def describe_run(cfg: RunConfig) -> RunDescription:

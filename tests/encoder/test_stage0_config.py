@@ -36,7 +36,6 @@ def test_pipeline_config_resolves():
     ({"multimodal": True}, "stage 0 trains the encoder alone"),
     ({"checkpoint.init_from_hf": "/models/Aria"}, r"checkpoint.init_from_hf \(--init-from-hf\) loads an Aria decoder"),
     ({"train.freeze": ["vision", "decoder"]}, r"train.freeze=\['decoder'\] names parts stage 0 does not have"),
-    ({"vision.moe.num_experts": 4}, r"vision.moe.num_experts=4: stage 0 trains a dense ViT"),
 ])
 def test_bad_pairs_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -84,3 +84,27 @@ def test_encoder_learns_zero_shot_and_retrieval(tmp_path):
     assert final["shapes/zero_shot_acc"] > 4 * final["shapes/chance"], final
     assert final["captions/i2t_r@1"] > 4 * final["captions/chance_r@1"], final
     assert final["captions/t2i_r@1"] > 4 * final["captions/chance_r@1"], final
+
+
+def _moe_run(base: Path, name: str, nproc: int, *extra) -> dict:
+    moe = ["--set", "vision.moe.num_experts=4", "--set", "vision.moe.router=topk", "--set", "vision.moe.top_k=2",
+           "--train-iters", 3, "--set", "checkpoint.save="]
+    pretrain(nproc, _args(base, name, *moe, *extra), base)
+    return step_records(base / name)
+
+
+def test_vision_moe_under_expert_parallelism_trains_like_one_rank(tmp_path):
+    """IMP's encoder MoE in stage 0: at world 2 / ep 2 the experts are split across the ranks and
+    the losses equal one process's (balance and z coefficients 0, so only the objectives, which
+    see the same global batch at any world size, are compared); with the coefficients on, the
+    ViT's balance and z-losses join the loss."""
+    off = ["--set", "vision.moe.aux_loss_coeff=0", "--set", "vision.moe.z_loss_coeff=0"]
+    one = _moe_run(tmp_path, "moe_one", 0, *off)
+    split = _moe_run(tmp_path, "moe_ep2", 2, "--ep-size", 2, *off)
+    with_aux = _moe_run(tmp_path, "moe_aux", 0)
+    for step in (1, 2, 3):
+        assert split[step]["pair"] == one[step]["pair"]
+        assert split[step]["loss"] == pytest.approx(one[step]["loss"], rel=1e-5, abs=1e-6), step
+        assert split[step]["grad_norm"] == pytest.approx(one[step]["grad_norm"], rel=1e-4), step
+    assert with_aux[1]["pair"] == one[1]["pair"]
+    assert with_aux[1]["loss"] > one[1]["loss"] + 1e-4  # balance (>= 1 x coefficient) and z-loss added

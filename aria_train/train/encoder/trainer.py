@@ -10,6 +10,7 @@ AdamW's moments and weight decay still act on it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -36,19 +37,25 @@ class EncoderTrainer(Trainer):
         return self._pair_metrics(batch, out, lr, grad_norm)
 
     def forward_objective(self, batch: EncoderBatch) -> ObjectiveOutput:
-        """This rank's share of the pair's loss on its b samples."""
+        """This rank's share of the pair's loss on its b samples, plus (vision.moe) its share of
+        the ViT's balance and z-losses: each rank's, divided by the world size, as the decoder's
+        are, so that the shares sum to their mean over ranks."""
         model, groups = self.model, self.groups
         patches = batch.patches.to(self.device, non_blocking=True)
         weights = batch.weights.to(self.device)
         with self._autocast():
             if batch.objective == "softmax":
-                logits = model.classify(batch.dataset, model.pooled_images(patches, batch.grid))
-                return softmax_classification(logits, batch.labels.to(self.device), weights,
-                                              group=groups.world_group, distributed=groups.distributed)
-            image = model.embed_images(patches, batch.grid)
-            text = model.embed_texts(batch.text_tokens.to(self.device), batch.text_lengths)
-            return global_infonce(image, text, model.logit_scale, self.cfg.encoder.max_logit_scale, weights,
-                                  group=groups.world_group, distributed=groups.distributed)
+                pooled, aux = model.pooled_images_and_aux(patches, batch.grid)
+                out = softmax_classification(model.classify(batch.dataset, pooled), batch.labels.to(self.device),
+                                             weights, group=groups.world_group, distributed=groups.distributed)
+            else:
+                image, aux = model.embed_images_and_aux(patches, batch.grid)
+                text = model.embed_texts(batch.text_tokens.to(self.device), batch.text_lengths)
+                out = global_infonce(image, text, model.logit_scale, self.cfg.encoder.max_logit_scale, weights,
+                                     group=groups.world_group, distributed=groups.distributed)
+        if not self.cfg.vision.moe.enabled:
+            return out
+        return dataclasses.replace(out, loss_share=out.loss_share + aux / groups.world_size)
 
     def _pair_metrics(self, batch: EncoderBatch, out: ObjectiveOutput, lr: float, grad_norm: float) -> dict:
         self.activity = "loss all_reduce"

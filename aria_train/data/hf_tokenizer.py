@@ -15,6 +15,7 @@ import hashlib
 from pathlib import Path
 
 from aria_train.data.errors import DataError
+from aria_train.data.special_tokens import EOD_PIECE, SpecialTokenIds
 
 # files that define a transformers tokenizer: hashed into its identity (index and cache names)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -30,7 +31,7 @@ def _files_hash(directory: Path) -> str:
     return digest.hexdigest()
 
 
-class HFTokenizer:
+class HFTokenizer(SpecialTokenIds):
     def __init__(self, directory: str):
         self.source = str(directory)
         path = Path(directory)
@@ -52,14 +53,10 @@ class HFTokenizer:
         backend.encode_special_tokens = True  # special-token text in documents stays text
         self._backend = backend
         self.vocab_size = len(self._hf)
-        self.eod = self.token_id("<|endoftext|>")
+        self.eod = self.token_id(EOD_PIECE)
         unk = self._hf.unk_token_id
         self.unk = -1 if unk is None else int(unk)
         self.unique_identifiers = {"class": type(self).__name__, "model_sha256": _files_hash(path)}
-
-    @property
-    def eos(self) -> int:
-        return self.eod
 
     @property
     def pad(self) -> int:
@@ -67,26 +64,6 @@ class HFTokenizer:
         if pad is None:
             raise DataError(f"tokenizer {self.source}: the tokenizer has no pad token")
         return int(pad)
-
-    @property
-    def im_start(self) -> int:
-        return self.token_id("<|im_start|>")
-
-    @property
-    def im_end(self) -> int:
-        return self.token_id("<|im_end|>")
-
-    @property
-    def img(self) -> int:
-        return self.token_id("<|img|>")
-
-    @property
-    def fim_prefix(self) -> int:
-        return self.token_id("<fim_prefix>")
-
-    @property
-    def fim_suffix(self) -> int:
-        return self.token_id("<fim_suffix>")
 
     def token_id(self, piece: str) -> int:
         """The id of a piece that is a single token of the vocabulary."""
@@ -107,9 +84,6 @@ class HFTokenizer:
 
     def id_to_piece(self, token: int) -> str:
         return self._backend.id_to_token(int(token))
-
-    def __len__(self) -> int:
-        return self.vocab_size
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.source}, vocab_size={self.vocab_size})"

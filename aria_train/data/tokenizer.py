@@ -28,17 +28,13 @@ from pathlib import Path
 import sentencepiece as spm
 
 from aria_train.data.errors import DataError
+# The pieces are defined with the ids' mixin; importers take them from here as before.
+from aria_train.data.special_tokens import EOD_PIECE, PAD_PIECE, SPECIAL_TOKENS, UNK_PIECE, SpecialTokenIds  # noqa: F401
 
 DEMO_TOKENIZER_PATH = Path(__file__).resolve().parent / "assets" / "demo_tokenizer.model"
 
-EOD_PIECE = "<|endoftext|>"
-PAD_PIECE = "<pad>"
-UNK_PIECE = "<unk>"
-# Order fixes their ids (3..7) in models trained by train_tokenizer.py.
-SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|img|>", "<fim_prefix>", "<fim_suffix>")
 
-
-class AriaTokenizer:
+class AriaTokenizer(SpecialTokenIds):
     def __init__(self, model_proto: bytes, source: str):
         self.source = source  # a path or "<demo>", for error messages
         self._proto = model_proto
@@ -57,37 +53,12 @@ class AriaTokenizer:
             "model_sha256": hashlib.sha256(model_proto).hexdigest(),
         }
 
-    # megatron's pad-collision check reads .eos when the tokenizer has no special_tokens_dict.
-    @property
-    def eos(self) -> int:
-        return self.eod
-
     @property
     def pad(self) -> int:
         pad = self._sp.pad_id()
         if pad < 0:
             raise DataError(f"tokenizer {self.source}: the model has no pad token")
         return pad
-
-    @property
-    def im_start(self) -> int:
-        return self.token_id("<|im_start|>")
-
-    @property
-    def im_end(self) -> int:
-        return self.token_id("<|im_end|>")
-
-    @property
-    def img(self) -> int:
-        return self.token_id("<|img|>")
-
-    @property
-    def fim_prefix(self) -> int:
-        return self.token_id("<fim_prefix>")
-
-    @property
-    def fim_suffix(self) -> int:
-        return self.token_id("<fim_suffix>")
 
     def token_id(self, piece: str) -> int:
         """The id of a piece that is a single token of the vocabulary."""
@@ -112,9 +83,6 @@ class AriaTokenizer:
 
     def model_proto(self) -> bytes:
         return self._proto
-
-    def __len__(self) -> int:
-        return self.vocab_size
 
     def __repr__(self) -> str:
         return f"AriaTokenizer({self.source}, vocab_size={self.vocab_size})"

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aria_train.model.packed_attention import varlen_available
 from aria_train.model.qk_norm import apply_norm, make_qk_norm
 from aria_train.model.rope import apply_rotary
 
@@ -99,7 +100,7 @@ class Attention(nn.Module):
         v = self._split_heads(self.v_proj(x))
         if document_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif _varlen_runs(q):
+        elif varlen_available(q):
             out = _varlen_causal(q, k, v, document_mask)
         else:
             _note_dense_fallback(q)
@@ -125,16 +126,6 @@ def _varlen_causal_kwargs() -> dict:
 
     params = inspect.signature(varlen_attn).parameters
     return {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-
-
-def _varlen_runs(q: torch.Tensor) -> bool:
-    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
-        return False
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _note_dense_fallback(q: torch.Tensor) -> None:

@@ -39,7 +39,8 @@ class Segments:
 ATTENTION_BACKENDS = ("auto", "loop", "mask", "varlen")
 
 
-def _varlen_available(x: torch.Tensor) -> bool:
+def varlen_available(x: torch.Tensor) -> bool:
+    """torch's varlen flash kernel (torch.nn.attention.varlen) can run on x: CUDA, fp16/bf16."""
     if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
         return False
     try:
@@ -69,7 +70,7 @@ def packed_attention(
     if seg_q.total == 0:  # no images in this micro-batch (an encoder with experts still runs)
         return q.new_zeros(0, *q.shape[1:-1], v.shape[-1])
     if backend == "auto":
-        backend = "varlen" if _varlen_available(q) else "loop"
+        backend = "varlen" if varlen_available(q) else "loop"
     if backend == "varlen":
         from torch.nn.attention.varlen import varlen_attn
 

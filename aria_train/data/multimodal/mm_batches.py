@@ -57,7 +57,8 @@ class MultimodalMicroBatchIterator:
         counts = (state.get("mixture") or {}).get("bad_samples")
         if counts is not None:
             bad.load_state_dict(counts)
-            bad.logged = max(bad.logged, min(bad.count, bad.log_first)) if bad.log_shared else bad.logged
+            if bad.log_shared:
+                bad.logged = max(bad.logged, min(bad.count, bad.log_first))
         return bad
 
     @property
